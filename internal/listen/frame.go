@@ -1,0 +1,285 @@
+package listen
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+)
+
+// Errors returned by the framing reader; the session ends with them.
+var (
+	ErrPacketTooLarge    = errors.New("mqtt packet exceeds the size limit")
+	ErrMalformedLength   = errors.New("mqtt remaining length longer than 4 bytes")
+	ErrFirstNotConnect   = errors.New("first mqtt packet is not CONNECT")
+	ErrMalformedConnect  = errors.New("malformed mqtt CONNECT")
+	ErrMalformedSubcribe = errors.New("malformed mqtt SUBSCRIBE")
+)
+
+const (
+	typeConnect   = 1
+	typeSubscribe = 8
+
+	// Held packets larger than this do not keep their buffer between packets.
+	keepHoldCap = 4096
+)
+
+// frameConn sits between the network and mochi. It follows the MQTT framing
+// of the inbound stream so that it can refuse, before mochi allocates or
+// decodes anything, packets over the size limit, remaining lengths longer
+// than 4 bytes (mochi keeps reading continuation bytes), and SUBSCRIBE
+// packets whose structure would make mochi's SubscribeDecode index past the
+// end of the buffer (mochi #501).
+//
+// Most bytes are passed through in place: only CONNECT (to learn the
+// protocol version) and SUBSCRIBE packets are held back until complete and
+// checked. PUBLISH payloads are never copied.
+type frameConn struct {
+	net.Conn
+	max int // whole-packet limit in bytes, 0 = none
+
+	// Fixed header being parsed.
+	hdr  [5]byte
+	hdrN int
+	rem  int // body bytes left of the current packet
+
+	held      bool // the current packet is being collected in hold
+	hold      []byte
+	connected bool // first packet (CONNECT) seen
+	v5        bool
+
+	out  []byte // a checked held packet waiting to be handed on
+	pend []byte // bytes read after a held packet, not parsed yet
+	rerr error  // read error deferred until buffered bytes are drained
+	err  error  // framing violation; sticky
+}
+
+func newFrameConn(c net.Conn, maxPacket int) *frameConn {
+	return &frameConn{Conn: c, max: maxPacket}
+}
+
+// Read hands on only bytes that belong to packets judged safe so far.
+func (c *frameConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if len(c.out) > 0 {
+			n := copy(p, c.out)
+			c.out = c.out[n:]
+			if len(c.out) == 0 {
+				c.releaseHold()
+			}
+			return n, nil
+		}
+		if c.err != nil {
+			return 0, c.err
+		}
+		var chunk []byte
+		switch {
+		case len(c.pend) > 0:
+			n := copy(p, c.pend)
+			c.pend = c.pend[n:]
+			chunk = p[:n]
+		case c.rerr != nil:
+			return 0, c.rerr
+		default:
+			n, err := c.Conn.Read(p)
+			if n == 0 {
+				return 0, err
+			}
+			c.rerr = err
+			chunk = p[:n]
+		}
+		k, rest := c.scan(chunk)
+		if len(rest) > 0 {
+			c.pushPending(rest)
+		}
+		if k > 0 {
+			return k, nil
+		}
+	}
+}
+
+// pushPending puts unparsed bytes back in front of any still pending.
+func (c *frameConn) pushPending(rest []byte) {
+	if len(c.pend) == 0 {
+		c.pend = append(c.pend[:0], rest...)
+		return
+	}
+	b := make([]byte, 0, len(rest)+len(c.pend))
+	b = append(b, rest...)
+	c.pend = append(b, c.pend...)
+}
+
+func (c *frameConn) releaseHold() {
+	if cap(c.hold) > keepHoldCap {
+		c.hold = nil
+		return
+	}
+	c.hold = c.hold[:0]
+}
+
+// scan advances the framing state over chunk. It returns how many leading
+// bytes of chunk may be passed on now, and, when a held packet completed
+// inside chunk, the bytes after it (left unparsed). On a violation c.err is
+// set and only the bytes before the offending packet position pass.
+func (c *frameConn) scan(chunk []byte) (pass int, rest []byte) {
+	i := 0
+	for i < len(chunk) {
+		if c.hdrN == 0 || c.rem < 0 {
+			// Fixed header byte.
+			b := chunk[i]
+			i++
+			if c.hdrN == 0 {
+				typ := b >> 4
+				if !c.connected && typ != typeConnect {
+					c.err = ErrFirstNotConnect
+					return pass, nil
+				}
+				c.held = (!c.connected && typ == typeConnect) || typ == typeSubscribe
+				c.rem = -1
+			}
+			c.hdr[c.hdrN] = b
+			c.hdrN++
+			if c.held {
+				c.hold = append(c.hold, b)
+			} else {
+				pass = i
+			}
+			if c.hdrN == 1 {
+				continue
+			}
+			if b&0x80 != 0 {
+				if c.hdrN == len(c.hdr) {
+					c.err = ErrMalformedLength
+					return pass, nil
+				}
+				continue
+			}
+			n := 0
+			for j := c.hdrN - 1; j >= 1; j-- {
+				n = n<<7 | int(c.hdr[j]&0x7f)
+			}
+			if c.max > 0 && c.hdrN+n > c.max {
+				c.err = ErrPacketTooLarge
+				return pass, nil
+			}
+			c.rem = n
+			if n == 0 {
+				if done, r := c.finishPacket(chunk[i:]); done {
+					return pass, r
+				}
+				if c.err != nil {
+					return pass, nil
+				}
+			}
+			continue
+		}
+
+		// Packet body.
+		take := min(c.rem, len(chunk)-i)
+		if c.held {
+			c.hold = append(c.hold, chunk[i:i+take]...)
+		}
+		i += take
+		c.rem -= take
+		if !c.held {
+			pass = i
+		}
+		if c.rem == 0 {
+			if done, r := c.finishPacket(chunk[i:]); done {
+				return pass, r
+			}
+			if c.err != nil {
+				return pass, nil
+			}
+		}
+	}
+	return pass, nil
+}
+
+// finishPacket ends the current packet. For a held packet it checks it and
+// queues it for delivery; done tells scan to stop and return after.
+func (c *frameConn) finishPacket(after []byte) (done bool, rest []byte) {
+	held := c.held
+	c.hdrN, c.rem, c.held = 0, 0, false
+	if !held {
+		return false, nil
+	}
+	hlen := 1
+	for hlen < len(c.hold) && c.hold[hlen]&0x80 != 0 {
+		hlen++
+	}
+	hlen++
+	body := c.hold[hlen:]
+	switch c.hold[0] >> 4 {
+	case typeConnect:
+		v, ok := connectVersion(body)
+		if !ok {
+			c.err = ErrMalformedConnect
+			return false, nil
+		}
+		c.connected = true
+		c.v5 = v == 5
+	case typeSubscribe:
+		if !validSubscribe(body, c.v5) {
+			c.err = ErrMalformedSubcribe
+			return false, nil
+		}
+	}
+	c.out = c.hold
+	return true, after
+}
+
+// connectVersion returns the protocol level of a CONNECT body.
+func connectVersion(body []byte) (byte, bool) {
+	if len(body) < 2 {
+		return 0, false
+	}
+	off := 2 + int(binary.BigEndian.Uint16(body))
+	if off >= len(body) {
+		return 0, false
+	}
+	return body[off], true
+}
+
+// validSubscribe checks the layout mochi's SubscribeDecode relies on: packet
+// id, (v5) properties, then filters each followed by its options byte.
+func validSubscribe(body []byte, v5 bool) bool {
+	if len(body) < 2 {
+		return false
+	}
+	off := 2
+	if v5 {
+		n, bu, ok := varint(body[off:])
+		if !ok {
+			return false
+		}
+		off += bu + n
+		if off > len(body) {
+			return false
+		}
+	}
+	for off < len(body) {
+		if len(body)-off < 2 {
+			return false
+		}
+		off += 2 + int(binary.BigEndian.Uint16(body[off:]))
+		if off >= len(body) {
+			return false // filter not followed by its options byte
+		}
+		off++
+	}
+	return true
+}
+
+// varint decodes an MQTT variable byte integer of at most 4 bytes.
+func varint(b []byte) (n, size int, ok bool) {
+	for i := 0; i < 4 && i < len(b); i++ {
+		n |= int(b[i]&0x7f) << (7 * i)
+		if b[i]&0x80 == 0 {
+			return n, i + 1, true
+		}
+	}
+	return 0, 0, false
+}

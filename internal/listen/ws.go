@@ -1,0 +1,232 @@
+package listen
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// ErrTextFrame ends a WebSocket session that sent a non-binary data frame.
+var ErrTextFrame = errors.New("websocket: MQTT data must be sent in binary frames")
+
+type wsUpgrader = websocket.Upgrader
+
+const maxHeaderBytes = 16 << 10
+
+func (l *Listener) initWebSocket() {
+	l.up = websocket.Upgrader{
+		HandshakeTimeout: l.o.ConnectTimeout,
+		// Both names are in use; browsers abort unless one is echoed.
+		Subprotocols:    []string{"mqtt", "mqttv3.1"},
+		CheckOrigin:     l.checkOrigin,
+		WriteBufferPool: &sync.Pool{}, // no write buffer held by idle sessions
+		Error: func(w http.ResponseWriter, _ *http.Request, status int, _ error) {
+			http.Error(w, http.StatusText(status), status)
+		},
+	}
+	l.httpSrv = &http.Server{
+		Handler:           http.HandlerFunc(l.serveHTTP),
+		ReadHeaderTimeout: min(l.o.ConnectTimeout, DefaultReadHeaderTimeout),
+		IdleTimeout:       l.o.ConnectTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// A non-nil empty map disables HTTP/2: WebSocket needs HTTP/1.1.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+	}
+}
+
+func (l *Listener) serveWebSocket(establish listeners.EstablishFn) {
+	l.mu.Lock()
+	l.establish = establish
+	l.mu.Unlock()
+	var ln net.Listener = l.guard
+	if l.tls != nil {
+		ln = tls.NewListener(l.guard, l.tls)
+	}
+	err := l.httpSrv.Serve(ln)
+	if err != nil && !l.closed.Load() {
+		l.log.Error("websocket listener stopped", "listener", l.o.ID, "error", err)
+	}
+}
+
+func (l *Listener) checkOrigin(r *http.Request) bool {
+	if len(l.o.Origins) == 0 {
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser; Origin only guards against cross-site pages
+	}
+	for _, o := range l.o.Origins {
+		if strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if l.o.WebSocketPath != "" && r.URL.Path != l.o.WebSocketPath {
+		http.NotFound(w, r)
+		return
+	}
+	l.mu.Lock()
+	establish := l.establish
+	l.mu.Unlock()
+	if establish == nil || l.closed.Load() {
+		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+		return
+	}
+
+	peer := netip.Addr{}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		peer = ap.Addr().Unmap()
+	}
+	var remote net.Addr
+	if l.trusted(peer) {
+		client := l.clientIP(r, peer)
+		release, reason := l.limits.acquire(client)
+		if reason != denyNone {
+			l.log.Debug("connection refused", "listener", l.o.ID, "remote", client.String(), "reason", reason)
+			status := http.StatusServiceUnavailable
+			if reason == denyRate {
+				status = http.StatusTooManyRequests
+			}
+			http.Error(w, http.StatusText(status), status)
+			return
+		}
+		defer release()
+		if client != peer {
+			remote = &net.TCPAddr{IP: client.AsSlice()}
+		}
+	}
+
+	ws, err := l.up.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	if l.o.MaxPacketSize > 0 {
+		ws.SetReadLimit(int64(l.o.MaxPacketSize))
+	}
+	nc := ws.NetConn()
+	_ = nc.SetDeadline(time.Now().Add(l.o.ConnectTimeout))
+	if remote == nil {
+		remote = nc.RemoteAddr()
+	}
+	var c net.Conn = &wsConn{ws: ws, nc: nc, remote: remote}
+	if !l.skipFrameCheck {
+		c = newFrameConn(c, l.o.MaxPacketSize)
+	}
+	l.session(establish, c)
+}
+
+// clientIP names the client behind a trusted proxy: CF-Connecting-IP, else
+// the rightmost X-Forwarded-For entry that is not itself a trusted proxy.
+func (l *Listener) clientIP(r *http.Request, peer netip.Addr) netip.Addr {
+	if a, ok := parseHostIP(r.Header.Get("CF-Connecting-IP")); ok {
+		return a
+	}
+	found := peer
+	xff := r.Header.Values("X-Forwarded-For")
+	for i := len(xff) - 1; i >= 0; i-- {
+		parts := strings.Split(xff[i], ",")
+		for j := len(parts) - 1; j >= 0; j-- {
+			a, ok := parseHostIP(parts[j])
+			if !ok {
+				return found
+			}
+			found = a
+			if !l.trusted(a) {
+				return a
+			}
+		}
+	}
+	return found
+}
+
+func parseHostIP(s string) (netip.Addr, bool) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return netip.Addr{}, false
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap(), true
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	return netip.Addr{}, false
+}
+
+// wsConn presents a WebSocket as the byte stream mochi expects.
+type wsConn struct {
+	ws     *websocket.Conn
+	nc     net.Conn
+	remote net.Addr
+
+	r         io.Reader // current inbound message
+	wmu       sync.Mutex
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ net.Conn = (*wsConn)(nil)
+
+func (c *wsConn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			typ, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if typ != websocket.BinaryMessage {
+				return 0, ErrTextFrame
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (c *wsConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Close sends a normal-closure frame (bounded wait) and closes the socket.
+func (c *wsConn) Close() error {
+	c.closeOnce.Do(func() {
+		msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(wsCloseTimeout))
+		c.closeErr = c.ws.Close()
+	})
+	return c.closeErr
+}
+
+func (c *wsConn) LocalAddr() net.Addr                { return c.nc.LocalAddr() }
+func (c *wsConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *wsConn) SetDeadline(t time.Time) error      { return c.nc.SetDeadline(t) }
+func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.nc.SetReadDeadline(t) }
+func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
