@@ -1,0 +1,186 @@
+package passwd
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func mustVerify(t *testing.T, path, user, pw string, want bool) {
+	t.Helper()
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := NewVerifier(1, 0).Verify(context.Background(), f, user, []byte(pw))
+	if err != nil || ok != want {
+		t.Fatalf("%s with %q: %v %v, want %v", user, pw, ok, err, want)
+	}
+}
+
+func fileMode(t *testing.T, path string) fs.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
+func noTempFiles(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file left behind: %s", e.Name())
+		}
+	}
+}
+
+func TestSetPassword(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	if err := SetPassword(path, "alice", []byte("a"), "", 10, false); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("update of a missing file: %v", err)
+	}
+	if err := SetPassword(path, "alice", []byte("a1"), "", 10, true); err != nil {
+		t.Fatal(err)
+	}
+	if m := fileMode(t, path); m != 0o600 {
+		t.Fatalf("new file mode %04o, want 0600", m)
+	}
+	mustVerify(t, path, "alice", "a1", true)
+
+	// Hand edits survive an update: comments, order, CRLF lines of others.
+	h := testHash(t, "bee")
+	orig := "# users\nalice:" + testHash(t, "old") + "\r\nbob:" + h + "\r\n\n# end\n  alice :" + testHash(t, "dup") + "\n"
+	os.WriteFile(path, []byte(orig), 0o640)
+	os.Chmod(path, 0o640)
+	if err := SetPassword(path, "alice", []byte("new"), AlgSHA512, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(string(data), "\n")
+	if len(lines) != 6 || lines[0] != "# users" || !strings.HasPrefix(lines[1], "alice:$6$") ||
+		lines[2] != "bob:"+h+"\r" || lines[3] != "" || lines[4] != "# end" || lines[5] != "" {
+		t.Fatalf("updated file:\n%q", data)
+	}
+	if m := fileMode(t, path); m != 0o640 {
+		t.Fatalf("mode changed to %04o, want 0640", m)
+	}
+	mustVerify(t, path, "alice", "new", true)
+	mustVerify(t, path, "bob", "bee", true)
+
+	if err := SetPassword(path, "carol", []byte("c"), "", 10, false); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, path, "carol", "c", true)
+
+	// -c over an existing file keeps only the new user, and the file's mode.
+	if err := SetPassword(path, "dave", []byte("d"), "", 10, true); err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := Load(path); strings.Join(f.Users(), ",") != "dave" {
+		t.Fatalf("after create: %v", f.Users())
+	}
+	if m := fileMode(t, path); m != 0o640 {
+		t.Fatalf("mode changed to %04o, want 0640", m)
+	}
+
+	for _, bad := range []struct{ user, pw string }{{"a:b", "x"}, {"a\nb", "x"}, {"", "x"}, {"#a", "x"}, {"a", ""}} {
+		if err := SetPassword(path, bad.user, []byte(bad.pw), "", 10, false); err == nil {
+			t.Errorf("SetPassword(%q, %q) succeeded", bad.user, bad.pw)
+		}
+	}
+	if err := SetPassword(path, "a", []byte("x"), "md5", 0, false); err == nil {
+		t.Error("unknown algorithm accepted")
+	}
+	noTempFiles(t, dir)
+}
+
+func TestWriteKeepsSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	link := filepath.Join(dir, "link")
+	if err := SetPassword(real, "a", []byte("x"), "", 10, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetPassword(link, "b", []byte("y"), "", 10, false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		t.Fatalf("link replaced by a file: %v", err)
+	}
+	mustVerify(t, real, "b", "y", true)
+}
+
+func TestDeleteUser(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	orig := "# c\na:" + testHash(t, "x") + "\nb:" + testHash(t, "y") + "\n"
+	os.WriteFile(path, []byte(orig), 0o600)
+	if err := DeleteUser(path, "nobody"); !errors.Is(err, ErrUserNotFound) {
+		t.Fatalf("delete of unknown user: %v", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != orig {
+		t.Fatal("failed delete changed the file")
+	}
+	if err := DeleteUser(path, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "# c\nb:"+testHash(t, "y")+"\n" {
+		t.Fatalf("after delete:\n%s", data)
+	}
+	if err := DeleteUser(filepath.Join(dir, "missing"), "a"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+	noTempFiles(t, dir)
+}
+
+func TestConvertPlaintext(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	hashed := testHash(t, "kept")
+	os.WriteFile(path, []byte("# plain\nalice:pa:ss\r\n  bob :  spaced out \ncarol:"+hashed+"\n\n"), 0o644)
+	os.Chmod(path, 0o644)
+	n, err := ConvertPlaintext(path, "", 10)
+	if err != nil || n != 2 {
+		t.Fatalf("ConvertPlaintext = %d, %v; want 2", n, err)
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), "pa:ss") || !strings.Contains(string(data), "carol:"+hashed+"\n") ||
+		!strings.HasPrefix(string(data), "# plain\n") {
+		t.Fatalf("converted file:\n%s", data)
+	}
+	mustVerify(t, path, "alice", "pa:ss", true)
+	mustVerify(t, path, "bob", "spaced out", true)
+	mustVerify(t, path, "carol", "kept", true)
+	if m := fileMode(t, path); m != 0o644 {
+		t.Fatalf("mode %04o, want the file's 0644", m)
+	}
+	if n, err := ConvertPlaintext(path, "", 10); n != 0 || err != nil {
+		t.Fatalf("second conversion = %d, %v; want nothing to do", n, err)
+	}
+
+	for _, bad := range []string{"a:s3cret\nnocolon\n", "a:s3cret\na:s3cret\n", "a:\n", "a:s3cret:c\n:s3cret\n", "a\x01:s3cret\n"} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		n, err := ConvertPlaintext(path, "", 10)
+		if err == nil || n != 0 || !strings.Contains(err.Error(), "passwd "+path+":") {
+			t.Errorf("%q: %d, %v; want a line error", bad, n, err)
+		}
+		if data, _ := os.ReadFile(path); string(data) != bad {
+			t.Errorf("%q: file changed on error", bad)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("error quotes a password: %v", err)
+		}
+	}
+	noTempFiles(t, dir)
+}
