@@ -62,10 +62,10 @@ func limitKey(a netip.Addr) netip.Addr {
 
 // why a connection was refused, for logs and metrics.
 const (
-	denyNone    = ""
-	denyTotal   = "listener connection limit"
-	denyPerIP   = "per-IP connection limit"
-	denyRate    = "per-IP connection rate"
+	denyNone  = ""
+	denyTotal = "listener connection limit"
+	denyPerIP = "per-IP connection limit"
+	denyRate  = "per-IP connection rate"
 )
 
 // acquire reserves a slot for addr. On success release must be called exactly

@@ -102,7 +102,6 @@ type Listener struct {
 	mu     sync.Mutex
 	live   map[net.Conn]struct{} // sessions handed to mochi
 	stop   chan struct{}         // closed by Close
-	done   chan struct{}         // closed when Serve returns
 
 	// skipFrameCheck disables the framing reader (tests only: shows the
 	// recover alone contains mochi #501).
@@ -144,7 +143,6 @@ func New(o Options) (*Listener, error) {
 		trust:  slices.Clone(o.TrustedProxies),
 		live:   make(map[net.Conn]struct{}),
 		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
 	}
 	for i, p := range l.trust {
 		l.trust[i] = p.Masked()
@@ -227,7 +225,6 @@ func (l *Listener) Init(log *slog.Logger) error {
 // Serve accepts connections until Close and runs each session through
 // establish. It returns after Close.
 func (l *Listener) Serve(establish listeners.EstablishFn) {
-	defer close(l.done)
 	if l.guard == nil {
 		l.log.Error("listener served before Init", "listener", l.o.ID)
 		return

@@ -1,0 +1,375 @@
+package listen
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+const ioDeadline = 10 * time.Second
+
+// logBuffer collects log output for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// newBroker starts a mochi server (allow-all auth) with one listener built
+// from o. Extra hooks are added after the auth hook.
+func newBroker(t testing.TB, o Options, hooks ...mqtt.Hook) (*mqtt.Server, *Listener) {
+	t.Helper()
+	return newBrokerTweak(t, o, nil, hooks...)
+}
+
+// newBrokerTweak is newBroker with a chance to adjust the listener before it serves.
+func newBrokerTweak(t testing.TB, o Options, tweak func(*Listener), hooks ...mqtt.Hook) (*mqtt.Server, *Listener) {
+	t.Helper()
+	if o.ID == "" {
+		o.ID = "t1"
+	}
+	if o.Address == "" && o.Listener == nil {
+		o.Address = "127.0.0.1:0"
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = 256
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler), Capabilities: caps})
+	if err := srv.AddHook(new(allowHook), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(l)
+	}
+	if err := srv.AddListener(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	return srv, l
+}
+
+// selfSigned returns a fresh ECDSA P-256 certificate for 127.0.0.1.
+func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "moat test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+func hardened(t testing.TB, cert tls.Certificate) *tls.Config {
+	t.Helper()
+	cfg, err := HardenedTLS(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, "tlsv1.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// client is a raw MQTT client built on mochi's packet encoders.
+type client struct {
+	t       testing.TB
+	conn    net.Conn
+	r       *bufio.Reader
+	version byte
+}
+
+func newClient(t testing.TB, c net.Conn, version byte) *client {
+	_ = c.SetDeadline(time.Now().Add(ioDeadline))
+	return &client{t: t, conn: c, r: bufio.NewReader(c), version: version}
+}
+
+func dialTCP(t testing.TB, from, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: ioDeadline}
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// dialWS opens a WebSocket client connection and adapts it to net.Conn.
+func dialWS(t testing.TB, url string, tlsCfg *tls.Config, hdr http.Header) (net.Conn, *http.Response, error) {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: ioDeadline, TLSClientConfig: tlsCfg, Subprotocols: []string{"mqtt"}}
+	ws, resp, err := d.Dial(url, hdr)
+	if err != nil {
+		return nil, resp, err
+	}
+	c := &wsConn{ws: ws, nc: ws.NetConn(), remote: ws.RemoteAddr()}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, resp, nil
+}
+
+func (c *client) send(pk packets.Packet) error {
+	var buf bytes.Buffer
+	pk.ProtocolVersion = c.version
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
+	default:
+		err = fmt.Errorf("test client cannot encode type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = c.conn.Write(buf.Bytes())
+	return err
+}
+
+func (c *client) read() (packets.Packet, error) {
+	var pk packets.Packet
+	b, err := c.r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	if err := pk.FixedHeader.Decode(b); err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r)
+	if err != nil {
+		return pk, err
+	}
+	body := make([]byte, pk.FixedHeader.Remaining)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		return pk, err
+	}
+	pk.ProtocolVersion = c.version
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
+	}
+	return pk, err
+}
+
+// expect reads until a packet of type typ arrives.
+func (c *client) expect(typ byte) packets.Packet {
+	c.t.Helper()
+	for {
+		pk, err := c.read()
+		if err != nil {
+			c.t.Fatalf("waiting for packet type %d: %v", typ, err)
+		}
+		if pk.FixedHeader.Type == typ {
+			return pk
+		}
+	}
+}
+
+func (c *client) connect(id string) {
+	c.t.Helper()
+	if err := c.send(connectPacket(id, c.version)); err != nil {
+		c.t.Fatal(err)
+	}
+	ack := c.expect(packets.Connack)
+	if ack.ReasonCode != 0 {
+		c.t.Fatalf("CONNACK reason %#x", ack.ReasonCode)
+	}
+}
+
+func connectPacket(id string, version byte) packets.Packet {
+	name := "MQTT"
+	if version == 3 {
+		name = "MQIsdp"
+	}
+	return packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: version,
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte(name),
+			Clean:            true,
+			Keepalive:        60,
+			ClientIdentifier: id,
+		},
+	}
+}
+
+func connectBytes(t testing.TB, id string, version byte) []byte {
+	t.Helper()
+	pk := connectPacket(id, version)
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func (c *client) subscribe(filter string) {
+	c.t.Helper()
+	err := c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		PacketID:    1,
+		Filters:     packets.Subscriptions{{Filter: filter}},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.expect(packets.Suback)
+}
+
+func (c *client) publish(topic, payload string) {
+	c.t.Helper()
+	err := c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish},
+		TopicName:   topic,
+		Payload:     []byte(payload),
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// roundTrip checks that a subscriber on sub receives a message published on pub.
+func roundTrip(t testing.TB, sub, pub *client, topic string) {
+	t.Helper()
+	sub.subscribe(topic)
+	pub.publish(topic, "hello "+topic)
+	got := sub.expect(packets.Publish)
+	if got.TopicName != topic || string(got.Payload) != "hello "+topic {
+		t.Fatalf("received %q %q", got.TopicName, got.Payload)
+	}
+}
+
+// waitClosed reads until the peer closes the connection or the deadline hits.
+func waitClosed(t testing.TB, c net.Conn) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(ioDeadline))
+	buf := make([]byte, 512)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection still open after %v", ioDeadline)
+		}
+		return
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ioDeadline)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func wsURL(scheme string, l *Listener, path string) string {
+	return scheme + "://" + l.Address() + path
+}
+
+func hasLine(logs, substr string) int {
+	return strings.Count(logs, substr)
+}
+
+const (
+	textMessage = websocket.TextMessage
+	closeNormal = websocket.CloseNormalClosure
+)
+
+type websocketCloseError = websocket.CloseError
+
+func dialerWith(protos []string) *websocket.Dialer {
+	return &websocket.Dialer{HandshakeTimeout: ioDeadline, Subprotocols: protos}
+}
+
+// allowHook admits every client and topic (mochi's auth.AllowHook pulls in a
+// YAML dependency this module does not carry).
+type allowHook struct{ mqtt.HookBase }
+
+func (h *allowHook) ID() string { return "allow" }
+func (h *allowHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+func (h *allowHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+func (h *allowHook) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
