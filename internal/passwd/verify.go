@@ -70,7 +70,9 @@ func (v *Verifier) Verify(ctx context.Context, f *File, user string, password []
 	dummy := v.nofile
 	if f != nil {
 		e = f.entries[user]
-		dummy = f.dummy
+		if f.dummy != nil {
+			dummy = f.dummy
+		}
 	}
 	var key cacheKey
 	if e != nil && v.max > 0 {
