@@ -24,6 +24,12 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"serve", "run the broker: serve [-c FILE]", runServe},
+		{"check-config", "check a configuration and every file it names: check-config -c FILE", runCheckConfig},
+		{"passwd", "manage a mosquitto-compatible password file (as mosquitto_passwd)", runPasswd},
+		{"acl", "explain an ACL decision: acl explain -c FILE [-i CLIENTID] USER read|write|subscribe TOPIC", runACL},
+		{"cert", "certificate status or forced renewal: cert status|renew -c FILE", runCert},
+		{"health", "exit 0 when the running broker is ready: health [-c FILE]", runHealth},
 		{"version", "print the version", runVersion},
 	}
 }

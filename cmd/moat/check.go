@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/acl"
+	"github.com/moat-mqtt/moat/internal/admin"
+	"github.com/moat-mqtt/moat/internal/broker"
+	"github.com/moat-mqtt/moat/internal/certs"
+	"github.com/moat-mqtt/moat/internal/config"
+)
+
+// printErr prints each joined error on its own line.
+func printErr(io stdio, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(io.err, "moat: %s\n", line)
+	}
+}
+
+func runCheckConfig(args []string, io stdio) int {
+	fs := newFlags("check-config", io)
+	path := fs.String("c", "", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(io.err, "usage: moat check-config -c FILE")
+		return 2
+	}
+	cfg, err := config.Load(*path, os.Getenv)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	_, sums, err := broker.LoadPolicy(cfg)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	w := io.out
+	fmt.Fprintf(w, "configuration: %s\n", strings.Join(cfg.Files, ", "))
+	fmt.Fprintln(w, "listeners:")
+	for _, l := range cfg.Listeners {
+		tls := "plain"
+		switch {
+		case l.TLS.ACME:
+			tls = "TLS (ACME certificate for " + strings.Join(cfg.ACME.Domains, ", ") + ")"
+		case l.TLS.CertFile != "":
+			tls = "TLS (" + l.TLS.CertFile + ")"
+		}
+		fmt.Fprintf(w, "  %-28s %-10s %s, connect timeout %s, max connections %s, per IP %s (%s)\n",
+			l.ID, l.Protocol, tls, l.ConnectTimeout, limit(l.MaxConnections), limit(l.MaxConnectionsPerIP), l.Pos)
+		if len(l.TrustedProxies) > 0 {
+			fmt.Fprintf(w, "  %-28s trusted proxies %v\n", "", l.TrustedProxies)
+		}
+	}
+	fmt.Fprintln(w, "authentication:")
+	for _, s := range sums {
+		fmt.Fprintf(w, "  listeners %s: anonymous %v", strings.Join(s.Listeners, ", "), s.AllowAnonymous)
+		if s.PasswordFile != "" {
+			fmt.Fprintf(w, ", %d users from %s", s.Users, s.PasswordFile)
+		}
+		if s.ACLFile != "" {
+			a := s.ACL
+			fmt.Fprintf(w, ", ACL %s: %d anonymous rules, %d users with %d rules, %d patterns", s.ACLFile, a.AnonymousRules, a.Users, a.UserRules, a.Patterns)
+		} else {
+			fmt.Fprint(w, ", no acl_file (every non-$ topic allowed)")
+		}
+		fmt.Fprintln(w)
+		for _, aw := range s.ACLWarnings {
+			cfg.Warnings = append(cfg.Warnings, aw)
+		}
+	}
+	fmt.Fprintf(w, "subscriptions: strict %v\n", cfg.StrictSubscribe)
+	ps := cfg.Persistence
+	switch {
+	case !ps.Enabled:
+		fmt.Fprintln(w, "persistence: off (retained messages and sessions are lost on restart)")
+	case ps.Encrypted():
+		fmt.Fprintf(w, "persistence: %s/%s inside gocryptfs (cipher directory %s, key file %s)\n", ps.Location, ps.File, ps.CipherDir, ps.KeyFile)
+	default:
+		fmt.Fprintf(w, "persistence: %s/%s, NOT encrypted\n", ps.Location, ps.File)
+	}
+	fmt.Fprintf(w, "limits: max_packet_size %d, message_size_limit %s, max_keepalive %d\n", cfg.Limits.MaxPacketSize, limit(int(cfg.Limits.MessageSizeLimit)), cfg.Limits.MaxKeepalive)
+	if cfg.Admin.Listener != "" {
+		fmt.Fprintf(w, "admin: http://%s (/healthz, /readyz, /metrics)\n", cfg.Admin.Listener)
+	} else {
+		fmt.Fprintln(w, "admin: off")
+	}
+	fmt.Fprintln(w, "divergences from mosquitto applied:")
+	for _, d := range cfg.Divergences() {
+		fmt.Fprintf(w, "  - %s\n", d)
+	}
+	warns := append(cfg.Warnings, broker.PolicyWarnings(cfg, sums)...)
+	for _, wn := range warns {
+		fmt.Fprintf(w, "warning: %s\n", wn)
+	}
+	fmt.Fprintln(w, "configuration OK")
+	return 0
+}
+
+func limit(n int) string {
+	if n <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
+
+func runACL(args []string, io stdio) int {
+	if len(args) == 0 || args[0] != "explain" {
+		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] [-l LISTENER] USER read|write|subscribe TOPIC_OR_FILTER")
+		return 2
+	}
+	fs := newFlags("acl explain", io)
+	path := fs.String("c", "", "configuration file")
+	clientID := fs.String("i", "", "client id (for %c patterns)")
+	listener := fs.String("l", "", "listener id (with per_listener_settings)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	rest := fs.Args()
+	if *path == "" || len(rest) != 3 {
+		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] USER read|write|subscribe TOPIC_OR_FILTER  (USER \"\" = anonymous)")
+		return 2
+	}
+	var op acl.Op
+	switch rest[1] {
+	case "read":
+		op = acl.OpRead
+	case "write":
+		op = acl.OpWrite
+	case "subscribe":
+		op = acl.OpSubscribe
+	default:
+		fmt.Fprintln(io.err, "moat: the operation must be read, write or subscribe")
+		return 2
+	}
+	cfg, err := config.Load(*path, os.Getenv)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	l := cfg.Listeners[0]
+	for _, x := range cfg.Listeners {
+		if x.ID == *listener {
+			l = x
+		}
+	}
+	if l.Security.ACLFile == "" {
+		fmt.Fprintln(io.out, "allow: no acl_file, every non-$ topic is allowed to authenticated clients")
+		return 0
+	}
+	rules, _, err := acl.Load(l.Security.ACLFile)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	c := &acl.Client{Username: rest[0], HasUsername: rest[0] != "", ClientID: *clientID}
+	d := rules.Explain(c, op, rest[2], cfg.StrictSubscribe)
+	fmt.Fprintln(io.out, d.String())
+	return 0
+}
+
+func runHealth(args []string, io stdio) int {
+	fs := newFlags("health", io)
+	path := fs.String("c", "", "configuration file (for admin_listener)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	if cfg.Admin.Listener == "" {
+		fmt.Fprintln(io.err, "moat: admin_listener is off: nothing to ask")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := admin.Check(ctx, cfg.Admin.Listener); err != nil {
+		fmt.Fprintf(io.err, "moat: not ready: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(io.out, "ready")
+	return 0
+}
+
+func runCert(args []string, io stdio) int {
+	if len(args) == 0 || (args[0] != "status" && args[0] != "renew") {
+		fmt.Fprintln(io.err, "usage: moat cert status|renew -c FILE")
+		return 2
+	}
+	fs := newFlags("cert "+args[0], io)
+	path := fs.String("c", "", "configuration file")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	if len(cfg.ACME.Domains) == 0 {
+		fmt.Fprintln(io.err, "moat: no acme_domain (or DOMAIN) configured")
+		return 1
+	}
+	if args[0] == "status" {
+		st, err := certs.ReadStatus(cfg.ACME.StateDir, cfg.ACME.Staging, cfg.ACME.Directory)
+		if err != nil {
+			printErr(io, err)
+			return 1
+		}
+		printStatus(io, st)
+		return 0
+	}
+	o := broker.ACMEOptions(cfg, os.Getenv)
+	m, err := certs.NewManager(o)
+	if err != nil {
+		printErr(io, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if err := m.Renew(ctx); err != nil {
+		printErr(io, err)
+		return 1
+	}
+	printStatus(io, m.Status())
+	fmt.Fprintln(io.out, "renewed; a running Moat picks the new certificate up at its next check (or send it SIGHUP)")
+	return 0
+}
+
+func printStatus(io stdio, st certs.Status) {
+	w := io.out
+	fmt.Fprintf(w, "domains:      %s\n", strings.Join(st.Domains, ", "))
+	fmt.Fprintf(w, "directory:    %s (staging %v)\n", st.DirectoryURL, st.Staging)
+	if st.Serial == "" {
+		fmt.Fprintln(w, "certificate:  none stored")
+	} else {
+		fmt.Fprintf(w, "names:        %s\n", strings.Join(st.Names, ", "))
+		fmt.Fprintf(w, "issuer:       %s\n", st.Issuer)
+		fmt.Fprintf(w, "serial:       %s\n", st.Serial)
+		fmt.Fprintf(w, "valid:        %s to %s\n", st.NotBefore.Format(time.RFC3339), st.NotAfter.Format(time.RFC3339))
+	}
+	if !st.NextRenewal.IsZero() {
+		fmt.Fprintf(w, "next renewal: %s\n", st.NextRenewal.Format(time.RFC3339))
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error:   %s (%s)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339))
+	}
+}

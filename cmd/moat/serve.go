@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/broker"
+	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/logging"
+)
+
+// shutdownGrace bounds a graceful stop.
+const shutdownGrace = 10 * time.Second
+
+// loadConfig reads -c FILE, or the embedded local-only default.
+func loadConfig(path string) (*config.Config, error) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	return config.Load(path, os.Getenv)
+}
+
+func newFlags(name string, io stdio) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.err)
+	return fs
+}
+
+func runServe(args []string, io stdio) int {
+	fs := newFlags("serve", io)
+	path := fs.String("c", "", "configuration file (mosquitto.conf syntax); default: local-only on 127.0.0.1:1883")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(io.err, "moat: %v\n", err)
+		return 3
+	}
+	logger, err := logging.New(logging.Options{
+		Format: cfg.Log.Format, Types: cfg.Log.Types, Dests: logDests(cfg), Stderr: io.err,
+	})
+	if err != nil {
+		fmt.Fprintf(io.err, "moat: %v\n", err)
+		return 3
+	}
+	defer logger.Close()
+	log := logger.Logger
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	if cfg.LocalOnly {
+		log.Info("no listener configured: local-only mode on 127.0.0.1:1883, anonymous clients allowed")
+	}
+
+	// SIGHUP is caught before the broker starts so an early reload signal
+	// cannot kill the process.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	if err := b.Start(); err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	log.Info("moat started", "version", version, "listeners", len(cfg.Listeners))
+	stopWatch := b.WatchFiles(2 * time.Second)
+	defer stopWatch()
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if err := logger.Reopen(); err != nil {
+				log.Error("log reopen failed", "error", err)
+			}
+			if err := b.Reload(); err != nil {
+				log.Error(err.Error())
+			}
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String())
+		break
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		log.Error("shutdown", "error", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func logDests(cfg *config.Config) []logging.Dest {
+	out := make([]logging.Dest, 0, len(cfg.Log.Dests))
+	for _, d := range cfg.Log.Dests {
+		out = append(out, logging.Dest{Kind: d.Kind, Path: d.Path})
+	}
+	return out
+}

@@ -1,0 +1,173 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/cryptfs"
+	"github.com/moat-mqtt/moat/internal/store"
+)
+
+// persistence is the store and, when encrypted, the gocryptfs mount under it.
+type persistence struct {
+	b     *Broker
+	mount *cryptfs.Mount // nil with persistence_encryption off
+	root  *os.Root
+
+	mu    sync.Mutex
+	store *store.Store
+}
+
+// startPersistence mounts the encrypted directory, opens the store only
+// through the verified mount, and restores it into mochi before any
+// listener opens.
+func (b *Broker) startPersistence() error {
+	ps := b.cfg.Persistence
+	if !ps.Enabled {
+		return nil
+	}
+	p := &persistence{b: b}
+	if ps.Encrypted() {
+		bin, err := cryptfs.Find(ps.GocryptfsPath)
+		if err != nil {
+			return fmt.Errorf("persistence (%s): %w", ps.Pos, err)
+		}
+		m, err := cryptfs.Start(b.ctx, cryptfs.Options{
+			Binary:     bin,
+			CipherDir:  ps.CipherDir,
+			MountPoint: ps.Location,
+			KeyFile:    ps.KeyFile,
+			ScryptN:    scryptN(b.env),
+			Logger:     b.log.With("component", "gocryptfs"),
+		})
+		if err != nil {
+			return fmt.Errorf("persistence (%s): %w", ps.Pos, err)
+		}
+		p.mount, p.root = m, m.Root()
+		b.met.MountState(true)
+	} else {
+		if err := os.MkdirAll(ps.Location, 0o700); err != nil {
+			return fmt.Errorf("persistence_location: %w", err)
+		}
+		r, err := os.OpenRoot(ps.Location)
+		if err != nil {
+			return fmt.Errorf("persistence_location: %w", err)
+		}
+		p.root = r
+	}
+	if err := p.open(); err != nil {
+		p.close()
+		return err
+	}
+	b.persist = p
+	if p.mount != nil {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			p.supervise(b.ctx)
+		}()
+	}
+	return nil
+}
+
+// scryptN lets tests make volume creation cheap; production keeps
+// gocryptfs's default cost.
+func scryptN(env func(string) string) int {
+	if env("MOAT_TEST_SCRYPTN") == "10" {
+		return 10
+	}
+	return 0
+}
+
+func (p *persistence) open() error {
+	b := p.b
+	st, err := store.Open(store.Options{
+		Root:   p.root,
+		File:   b.cfg.Persistence.File,
+		Logger: b.log.With("component", "store"),
+	})
+	if err != nil {
+		return fmt.Errorf("persistence: %w", err)
+	}
+	stats, err := st.Restore(b.srv)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("persistence: restore: %w", err)
+	}
+	if err := b.srv.AddHook(st.Hook(), nil); err != nil {
+		st.Close()
+		return fmt.Errorf("persistence: %w", err)
+	}
+	p.mu.Lock()
+	p.store = st
+	p.mu.Unlock()
+	b.log.Info("store restored", "retained", stats.Retained, "sessions", stats.Clients,
+		"subscriptions", stats.Subscriptions, "inflight", stats.Inflight, "expired", stats.Expired, "took", stats.Duration)
+	return nil
+}
+
+// supervise reports a dead mount. The store keeps its files open through
+// the old mount, so every write fails from then on and nothing is
+// acknowledged; Moat stays unready until restarted, and says so.
+func (p *persistence) supervise(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-p.mount.Dead():
+	}
+	p.b.met.MountState(false)
+	p.b.log.Error("encrypted persistence mount died: retained writes are refused until Moat restarts")
+	// Remount so the next start finds a clean mount point; the running
+	// store's handles stay on the dead mount and keep failing closed.
+	for delay := time.Second; ctx.Err() == nil; delay = min(delay*2, time.Minute) {
+		err := p.mount.Remount(ctx)
+		if err == nil {
+			p.b.log.Warn("encrypted persistence remounted; restart Moat to resume persistence")
+			return
+		}
+		p.b.log.Error("remount failed", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+	}
+}
+
+func (p *persistence) check(context.Context) error {
+	p.mu.Lock()
+	st := p.store
+	p.mu.Unlock()
+	if st == nil {
+		return errors.New("store not open")
+	}
+	if err := st.Healthy(); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	if p.mount != nil {
+		if err := p.mount.Check(); err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+	}
+	return nil
+}
+
+// close flushes and closes the store, then unmounts.
+func (p *persistence) close() error {
+	var errs []error
+	p.mu.Lock()
+	if p.store != nil {
+		errs = append(errs, p.store.Close())
+		p.store = nil
+	}
+	p.mu.Unlock()
+	if p.mount != nil {
+		errs = append(errs, p.mount.Close())
+	} else if p.root != nil {
+		p.root.Close()
+	}
+	return errors.Join(errs...)
+}

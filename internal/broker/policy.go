@@ -1,0 +1,106 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/moat-mqtt/moat/internal/acl"
+	"github.com/moat-mqtt/moat/internal/auth"
+	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/passwd"
+)
+
+// ScopeSummary describes what one authentication scope loaded.
+type ScopeSummary struct {
+	Listeners      []string
+	AllowAnonymous bool
+	PasswordFile   string
+	Users          int
+	ACLFile        string
+	ACL            acl.Stats
+	ACLWarnings    []string
+}
+
+// LoadPolicy reads every password and ACL file the configuration names
+// and builds the policy the auth hook enforces. It either returns a whole
+// new policy or an error naming file:line; it never returns a partial one,
+// so a failed reload leaves the old policy in force.
+func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
+	p := &auth.Policy{
+		Scopes:                map[string]*auth.Scope{},
+		StrictSubscribe:       cfg.StrictSubscribe,
+		MaxKeepalive:          cfg.Limits.MaxKeepalive,
+		MessageSizeLimit:      cfg.Limits.MessageSizeLimit,
+		UseUsernameAsClientID: cfg.UseUsernameAsClientID,
+	}
+	loaded := map[*config.Security]int{}
+	var sums []ScopeSummary
+	var scopes []*auth.Scope
+	var errs []error
+	for _, l := range cfg.Listeners {
+		i, ok := loaded[l.Security]
+		if !ok {
+			sc, sum, err := loadScope(l.Security)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			i = len(scopes)
+			loaded[l.Security] = i
+			scopes = append(scopes, sc)
+			sums = append(sums, sum)
+		}
+		p.Scopes[l.ID] = scopes[i]
+		sums[i].Listeners = append(sums[i].Listeners, l.ID)
+	}
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	// Clients of listeners unknown to the policy (none today) get nothing.
+	p.Default = &auth.Scope{}
+	return p, sums, nil
+}
+
+func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
+	sc := &auth.Scope{AllowAnonymous: s.AllowAnonymous}
+	sum := ScopeSummary{AllowAnonymous: s.AllowAnonymous, PasswordFile: s.PasswordFile, ACLFile: s.ACLFile}
+	var errs []error
+	if s.PasswordFile != "" {
+		f, err := passwd.Load(s.PasswordFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("password_file (%s): %w", s.PasswordFilePos, err))
+		} else {
+			sc.Passwd, sum.Users = f, f.Len()
+		}
+	}
+	if s.ACLFile != "" {
+		r, warns, err := acl.Load(s.ACLFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("acl_file (%s): %w", s.ACLFilePos, err))
+		} else {
+			sc.ACL, sum.ACL, sum.ACLWarnings = r, r.Stats(), warns
+		}
+	}
+	return sc, sum, errors.Join(errs...)
+}
+
+// PolicyWarnings are dangerous combinations check-config reports.
+func PolicyWarnings(cfg *config.Config, sums []ScopeSummary) []string {
+	var out []string
+	for _, l := range cfg.Listeners {
+		if l.IsLoopback() || !l.Security.AllowAnonymous {
+			continue
+		}
+		for _, s := range sums {
+			for _, id := range s.Listeners {
+				if id == l.ID && (s.ACL.UsesUsername || s.ACL.UsesClientID) {
+					out = append(out, fmt.Sprintf("%s: listener %s allows anonymous clients and the ACL uses %%u/%%c patterns: anonymous clients may use any client id pattern topics", l.Pos, l.ID))
+				}
+			}
+		}
+		if l.Security.ACLFile == "" {
+			out = append(out, fmt.Sprintf("%s: listener %s allows anonymous clients with no acl_file: they may read and write every topic", l.Pos, l.ID))
+		}
+	}
+	return out
+}

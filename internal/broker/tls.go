@@ -1,0 +1,202 @@
+package broker
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/certs"
+	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/listen"
+)
+
+// certReloadEvery is how often certificate files are checked for changes
+// (an external certbot renewing them).
+const certReloadEvery = 30 * time.Second
+
+// ACMEOptions maps the configuration onto the certificate manager's options.
+func ACMEOptions(cfg *config.Config, env func(string) string) certs.ACMEOptions {
+	a := cfg.ACME
+	check := a.PropagationCheck
+	return certs.ACMEOptions{
+		Domains:               a.Domains,
+		Email:                 a.Email,
+		Staging:               a.Staging,
+		DirectoryURL:          a.Directory,
+		Profile:               a.Profile,
+		KeyType:               a.KeyType,
+		Resolvers:             a.DNSResolvers,
+		PropagationCheck:      &check,
+		StateDir:              a.StateDir,
+		CloudflareCredentials: a.CloudflareCredentials,
+		Env:                   env,
+	}
+}
+
+func (b *Broker) provisionCerts() error {
+	for _, l := range b.cfg.Listeners {
+		if l.TLS.CertFile == "" {
+			continue
+		}
+		f, err := certs.NewFileSource(l.TLS.CertFile, l.TLS.KeyFile, b.log.With("listener", l.ID))
+		if err != nil {
+			return fmt.Errorf("listener %s (%s): %w", l.ID, l.Pos, err)
+		}
+		b.files[l.ID] = f
+	}
+	if !b.cfg.UsesACME() {
+		return nil
+	}
+	o := ACMEOptions(b.cfg, b.env)
+	o.Logger = b.log.With("component", "acme")
+	m, err := certs.NewManager(o)
+	if err != nil {
+		return fmt.Errorf("acme: %w", err)
+	}
+	b.acme = m
+	return nil
+}
+
+func (b *Broker) acmeReady() bool {
+	select {
+	case <-b.acme.Ready():
+		return true
+	default:
+		return false
+	}
+}
+
+// UsesTLS reports whether any listener serves TLS.
+func (b *Broker) UsesTLS() bool {
+	for _, l := range b.cfg.Listeners {
+		if l.TLS.Enabled() {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *Broker) certSource(l *config.Listener) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	if l.TLS.ACME {
+		return b.acme.GetCertificate, nil
+	}
+	f, ok := b.files[l.ID]
+	if !ok {
+		return nil, fmt.Errorf("listener %s: no certificate", l.ID)
+	}
+	return f.GetCertificate, nil
+}
+
+// tlsConfig builds the listener's own TLS configuration: certificates
+// through GetCertificate so renewals are served to new handshakes at once,
+// TLS 1.2 minimum, AEAD suites, and client certificates when asked for.
+func (b *Broker) tlsConfig(l *config.Listener) (*tls.Config, error) {
+	get, err := b.certSource(l)
+	if err != nil {
+		return nil, err
+	}
+	c, err := listen.HardenedTLS(get, l.TLS.Version)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s (%s): %w", l.ID, l.Pos, err)
+	}
+	if l.TLS.RequireCertificate {
+		pool, err := loadCAs(l.TLS.CAFile, l.TLS.CAPath)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s (%s): %w", l.ID, l.Pos, err)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return c, nil
+}
+
+func loadCAs(file, dir string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	var paths []string
+	if file != "" {
+		paths = append(paths, file)
+	}
+	if dir != "" {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("capath: %w", err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() {
+				paths = append(paths, dir+"/"+e.Name())
+			}
+		}
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("cafile: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(data) && p == file {
+			return nil, fmt.Errorf("cafile %s: no PEM certificates", p)
+		}
+	}
+	return pool, nil
+}
+
+// startCertLoops watches certificate files, runs the ACME manager, and
+// opens the ACME listeners once their certificate is ready.
+func (b *Broker) startCertLoops() {
+	for _, f := range b.files {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			f.Watch(b.ctx, certReloadEvery)
+		}()
+	}
+	if b.acme == nil {
+		return
+	}
+	b.wg.Add(2)
+	go func() {
+		defer b.wg.Done()
+		if err := b.acme.Run(b.ctx); err != nil && b.ctx.Err() == nil {
+			b.log.Error("acme stopped", "error", err)
+		}
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.openWhenReady()
+	}()
+}
+
+func (b *Broker) openWhenReady() {
+	select {
+	case <-b.ctx.Done():
+		return
+	case <-b.acme.Ready():
+	}
+	b.mu.Lock()
+	pending := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, l := range pending {
+		if err := b.addListener(l); err != nil {
+			b.log.Error("TLS listener could not open", "listener", l.ID, "error", err)
+			continue
+		}
+		b.srv.Listeners.Serve(l.ID, b.srv.EstablishConnection)
+		b.log.Info("certificate ready: TLS listener open", "listener", l.ID)
+	}
+}
+
+// ACME returns the certificate manager, nil without tls acme listeners.
+func (b *Broker) ACME() *certs.Manager { return b.acme }
+
+func leaf(c *tls.Certificate) (*x509.Certificate, error) {
+	if c == nil || len(c.Certificate) == 0 {
+		return nil, errors.New("no certificate")
+	}
+	if c.Leaf != nil {
+		return c.Leaf, nil
+	}
+	return x509.ParseCertificate(c.Certificate[0])
+}
