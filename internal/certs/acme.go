@@ -427,6 +427,7 @@ func (m *Manager) attempt(ctx context.Context) error {
 	p := m.st
 	m.mu.Unlock()
 	m.persist(p)
+	m.serve(s)
 	m.log.Info("certificate obtained", "serial", s.leaf.SerialNumber.Text(16), "issuer", s.leaf.Issuer.CommonName,
 		"not_after", s.leaf.NotAfter, "took", time.Since(start).Round(time.Millisecond).String())
 	return nil
@@ -447,13 +448,16 @@ func (m *Manager) redact(s string) string {
 }
 
 // obtain orders a certificate, replacing the served one when it has the same
-// names (ARI renewal), stores it and swaps it in. Caller holds opMu.
+// names (ARI renewal), and stores it. Caller holds opMu.
 func (m *Manager) obtain() (*stored, error) {
 	c, err := m.legoClient()
 	if err != nil {
 		return nil, err
 	}
-	req := certificate.ObtainRequest{Domains: m.domains, Bundle: true, Profile: m.o.Profile}
+	// Deactivating authorizations after each order means a leaked account key
+	// cannot issue without DNS control, and every renewal proves the DNS
+	// credentials still work instead of failing weeks later.
+	req := certificate.ObtainRequest{Domains: m.domains, Bundle: true, Profile: m.o.Profile, AlwaysDeactivateAuthorizations: true}
 	if old := m.cur.Load(); old != nil && covers(old.leaf, m.domains) {
 		if id, err := certificate.MakeARICertID(old.leaf); err == nil {
 			req.ReplacesCertID = id
@@ -491,7 +495,6 @@ func (m *Manager) obtain() (*stored, error) {
 	if err := writeJSONAtomic(filepath.Join(m.dir, fileMeta), s.meta); err != nil {
 		m.log.Error("cannot store certificate metadata", "err", err)
 	}
-	m.serve(s)
 	return s, nil
 }
 

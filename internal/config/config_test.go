@@ -105,6 +105,12 @@ func TestMosquittoConfigs(t *testing.T) {
 					t.Fatal("allow_anonymous not read")
 				}
 			}},
+		{"free port", "listener 0 127.0.0.1\n",
+			func(t *testing.T, c *Config) {
+				if c.Listeners[0].UnixPath != "" || c.Listeners[0].Bind != "127.0.0.1" || c.Listeners[0].Port != 0 {
+					t.Fatalf("free port %+v", c.Listeners[0])
+				}
+			}},
 		{"unix socket", "listener 0 /run/moat.sock\n",
 			func(t *testing.T, c *Config) {
 				if c.Listeners[0].UnixPath != "/run/moat.sock" || !c.Listeners[0].IsLoopback() {

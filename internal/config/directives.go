@@ -392,13 +392,15 @@ func (p *parser) listener(pos Pos, v string) {
 		l.Security = &Security{}
 	}
 	if len(fields) == 2 {
-		if port == 0 {
+		// Port 0 with a path is a Unix socket (mosquitto); with an IP
+		// address it picks a free port, for tests and socket probing.
+		if _, err := netip.ParseAddr(fields[1]); port == 0 && err != nil {
 			l.UnixPath = p.resolve(pos, fields[1])
 		} else {
 			l.Bind = fields[1]
 		}
 	} else if port == 0 {
-		p.errorf(pos, "listener 0 needs a Unix socket path")
+		p.errorf(pos, "listener 0 needs a Unix socket path (or an IP address for a free port)")
 		return
 	}
 	p.cfg.Listeners = append(p.cfg.Listeners, l)

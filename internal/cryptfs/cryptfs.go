@@ -744,6 +744,14 @@ func (m *Mount) stop(c *child) error {
 	if c.hasExited() {
 		return m.cleanStale()
 	}
+	if c.readyAt.IsZero() {
+		// Start gave up before the mount was ready: gocryptfs may still be
+		// deriving the key or mounting. Kill it; a mount it left is dead
+		// and cleanStale removes it.
+		c.cmd.Process.Kill()
+		<-c.exited
+		return m.cleanStale()
+	}
 	var lastErr error
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(unmountTimeout)

@@ -758,3 +758,61 @@ func TestPosix(t *testing.T) {
 		t.Fatalf("Check after posixtest: %v", err)
 	}
 }
+
+func TestStartCancelledWhileMounting(t *testing.T) {
+	o := testOptions(t)
+	o.ScryptN = 17 // slow enough (~1 s of scrypt) to cancel during key derivation
+	m := start(t, o)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	m2, err := Start(ctx, o)
+	if err == nil {
+		// The machine derived the key within 20 ms; nothing to check.
+		m2.Close()
+		t.Skip("mount finished before the deadline")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want DeadlineExceeded", err)
+	}
+	mnt := filepath.Join(mustEvalSymlinks(filepath.Dir(o.MountPoint)), filepath.Base(o.MountPoint))
+	entries, _ := readMountinfo()
+	if _, ok := topMount(entries, mnt); ok {
+		t.Error("a mount was left behind")
+	}
+	assertEmptyDir(t, o.MountPoint)
+}
+
+func TestConcurrentCheckAndRemount(t *testing.T) {
+	o := testOptions(t)
+	m := start(t, o)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			m.Check() // may fail mid-remount; must not race
+			if r := m.Root(); r != nil {
+				r.ReadFile(sentinelName)
+			}
+			m.Dead()
+		}
+	}()
+	for range 3 {
+		if err := m.Remount(testContext(t)); err != nil {
+			t.Error(err)
+		}
+	}
+	close(stop)
+	<-done
+	if err := m.Check(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -124,13 +124,15 @@ func (c *frameConn) releaseHold() {
 // inside chunk, the bytes after it (left unparsed). On a violation c.err is
 // set and only the bytes before the offending packet position pass.
 func (c *frameConn) scan(chunk []byte) (pass int, rest []byte) {
+	hdrStart := -1 // where the current fixed header began in chunk, if it did
 	i := 0
 	for i < len(chunk) {
 		if c.hdrN == 0 || c.rem < 0 {
-			// Fixed header byte.
+			// Fixed header bytes are staged in hold until the header is
+			// checked, so mochi never sees the length of a refused packet.
 			b := chunk[i]
-			i++
 			if c.hdrN == 0 {
+				hdrStart = i
 				typ := b >> 4
 				if !c.connected && typ != typeConnect {
 					c.err = ErrFirstNotConnect
@@ -138,14 +140,12 @@ func (c *frameConn) scan(chunk []byte) (pass int, rest []byte) {
 				}
 				c.held = (!c.connected && typ == typeConnect) || typ == typeSubscribe
 				c.rem = -1
+				c.hold = c.hold[:0]
 			}
+			i++
 			c.hdr[c.hdrN] = b
 			c.hdrN++
-			if c.held {
-				c.hold = append(c.hold, b)
-			} else {
-				pass = i
-			}
+			c.hold = append(c.hold, b)
 			if c.hdrN == 1 {
 				continue
 			}
@@ -165,6 +165,19 @@ func (c *frameConn) scan(chunk []byte) (pass int, rest []byte) {
 				return pass, nil
 			}
 			c.rem = n
+			if !c.held {
+				if hdrStart < 0 {
+					// The header spans reads: hand it on as a unit and
+					// parse the rest of chunk afterwards.
+					c.out = c.hold
+					if n == 0 {
+						c.finishPacket(nil)
+					}
+					return pass, chunk[i:]
+				}
+				pass = i
+				c.hold = c.hold[:0]
+			}
 			if n == 0 {
 				if done, r := c.finishPacket(chunk[i:]); done {
 					return pass, r

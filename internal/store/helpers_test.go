@@ -193,7 +193,7 @@ func dialRaw(addr, id string, clean bool) (*rawClient, error) {
 		ProtocolVersion: 4,
 		Connect: packets.ConnectParams{
 			ProtocolName: []byte("MQTT"),
-			Clean: clean, ClientIdentifier: id, Keepalive: 60,
+			Clean:        clean, ClientIdentifier: id, Keepalive: 60,
 		},
 	})
 	if err == nil {
