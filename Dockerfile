@@ -18,6 +18,10 @@
 # bounding set (cap_add: SYS_ADMIN; the process itself runs without it), and
 # on AppArmor hosts an unconfined profile, because docker-default denies
 # mount. It must NOT run with no-new-privileges, which disables setuid.
+# fusermount3 opens /dev/fuse as the calling user, so the device node must be
+# mode 0666 (the kernel's default; check ls -l /dev/fuse on the host).
+# Verified: uid 1883 with only CAP_SYS_ADMIN in its bounding set mounts and
+# unmounts gocryptfs this way.
 # Moat mounts for itself only (no -allow_other), so /etc/fuse.conf needs no
 # user_allow_other. Without encrypted persistence none of this is needed:
 # run with cap_drop ALL and no-new-privileges.
