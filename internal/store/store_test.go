@@ -265,6 +265,12 @@ func TestSessionSurvivesRestart(t *testing.T) {
 	if m := sub.next(t); string(m.Payload) != "after" {
 		t.Fatalf("got %q after restart, want \"after\"", m.Payload)
 	}
+	// The offline v3 session queued the new message as well; wait for the
+	// fan-out, which runs after the publisher's PUBACK.
+	waitFor(t, "v3 queue after restart", func() bool {
+		cl, ok := b.srv.Clients.Get("v3sub")
+		return ok && cl.State.Inflight.Len() == 4
+	})
 	v3sub, err = dialRaw(b.addr, "v3sub", false)
 	if err != nil {
 		t.Fatal(err)
