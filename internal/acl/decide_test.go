@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"errors"
 	"os"
 	"slices"
 	"strconv"
@@ -409,6 +410,36 @@ func TestCheckIdentity(t *testing.T) {
 		err := CheckIdentity(tt.s)
 		if (err == nil) != tt.ok {
 			t.Errorf("CheckIdentity(%q) = %v", tt.s, err)
+		}
+	}
+}
+
+func TestCheckClient(t *testing.T) {
+	both := mustParse(t, "pattern read %u/#\npattern read c/%c/#\n")
+	onlyU := mustParse(t, ownTree)
+	none := mustParse(t, "topic read #\n")
+	tests := []struct {
+		r    *Rules
+		c    *Client
+		want string // "" = accepted
+	}{
+		{both, user("alice", "id1"), ""},
+		{both, user("alice/x", "id1"), "username: unsafe identity"},
+		{both, user("alice", "a/b"), "client id: unsafe identity"},
+		{both, anon("id1"), ""},
+		{both, anon(""), "client id: unsafe identity for %u/%c patterns: empty"},
+		{onlyU, user("alice", "a/b"), ""},
+		{onlyU, user("", "id"), "username: unsafe identity for %u/%c patterns: empty"},
+		{onlyU, anon("x"), ""},
+		{none, user("a/#", "+"), ""},
+	}
+	for _, tt := range tests {
+		err := tt.r.CheckClient(tt.c)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("CheckClient(%+v) = %v", tt.c, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrUnsafeIdentity)):
+			t.Errorf("CheckClient(%+v) = %v, want %q", tt.c, err, tt.want)
 		}
 	}
 }

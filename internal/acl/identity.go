@@ -29,3 +29,23 @@ func CheckIdentity(s string) error {
 	}
 	return nil
 }
+
+// CheckClient applies CheckIdentity to the parts of c that the file's
+// patterns substitute: the username when a pattern uses %u (and c has one),
+// the client id when a pattern uses %c. Without patterns it returns nil.
+func (r *Rules) CheckClient(c *Client) error {
+	if r == nil || c == nil || !r.UsesPatterns() {
+		return nil
+	}
+	if r.stats.UsesUsername && c.HasUsername {
+		if err := CheckIdentity(c.Username); err != nil {
+			return fmt.Errorf("username: %w", err)
+		}
+	}
+	if r.stats.UsesClientID {
+		if err := CheckIdentity(c.ClientID); err != nil {
+			return fmt.Errorf("client id: %w", err)
+		}
+	}
+	return nil
+}

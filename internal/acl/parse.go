@@ -248,7 +248,11 @@ func (p *parser) parseRule(n int, keyword, rest string) {
 		}
 	}
 	if !ValidFilter(topic) {
-		p.errorf(n, "%s: invalid topic filter %s", keyword, quoteShort(topic))
+		hint := ""
+		if strings.Contains(topic, " #") {
+			hint = " (a comment must be on its own line, '#' in column 0)"
+		}
+		p.errorf(n, "%s: invalid topic filter %s%s", keyword, quoteShort(topic), hint)
 		return
 	}
 	text := strings.TrimLeft(trimCSpace(keyword+" "+rest), " ")

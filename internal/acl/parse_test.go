@@ -36,6 +36,7 @@ func TestParseErrors(t *testing.T) {
 		{"access case-sensitive", "topic READ a/b\n", []string{`aclfile t.acl:1: topic: invalid access "READ"`}},
 		{"hash in middle", "topic read foo/#/bar\n", []string{`aclfile t.acl:1: topic: invalid topic filter "foo/#/bar"`}},
 		{"plus inside level", "pattern read a+/%u\n", []string{`aclfile t.acl:1: pattern: invalid topic filter "a+/%u"`}},
+		{"trailing comment", "topic read a/b # note\n", []string{`aclfile t.acl:1: topic: invalid topic filter "a/b # note" (a comment must be on its own line`}},
 		{"hash inside level", "topic a#\n", []string{`aclfile t.acl:1: topic: invalid topic filter "a#"`}},
 		{"NUL", "topic read a\x00b\n", []string{"aclfile t.acl:1: invalid line: control character"}},
 		{"invalid UTF-8", "topic read a\xffb\n", []string{"aclfile t.acl:1: invalid line: not valid UTF-8"}},
