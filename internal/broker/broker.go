@@ -48,6 +48,7 @@ type Broker struct {
 	met     *metrics.Metrics
 	admin   *admin.Server
 	persist *persistence
+	expiry  *retainedExpiry
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -115,6 +116,13 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)
 	}
+	if err := stopRetainedSweep(b.srv); err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
+	}
+	b.expiry = &retainedExpiry{srv: b.srv}
+	if err := b.srv.AddHook(b.expiry, nil); err != nil {
+		return nil, fmt.Errorf("expiry hook: %w", err)
+	}
 	if err := b.provisionCerts(); err != nil {
 		b.cancel()
 		return nil, err
@@ -162,6 +170,12 @@ func (b *Broker) Start() error {
 		b.cancel()
 		return err
 	}
+	b.expiry.loadRestored()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.expiry.run(b.ctx)
+	}()
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {
 			b.pending = append(b.pending, l)

@@ -98,10 +98,12 @@ func (p *persistence) open() error {
 		st.Close()
 		return fmt.Errorf("persistence: restore: %w", err)
 	}
-	if err := b.srv.AddHook(st.Hook(), nil); err != nil {
+	hook := st.Hook()
+	if err := b.srv.AddHook(hook, nil); err != nil {
 		st.Close()
 		return fmt.Errorf("persistence: %w", err)
 	}
+	b.expiry.onExpired = hook.OnRetainedExpired
 	p.mu.Lock()
 	p.store = st
 	p.mu.Unlock()
