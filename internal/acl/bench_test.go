@@ -85,3 +85,26 @@ func BenchmarkParse5000Users(b *testing.B) {
 		}
 	}
 }
+
+// A snapshot is shared by every connection without locks.
+func TestConcurrentChecks(t *testing.T) {
+	r := mustParse(t, bigFile(50))
+	done := make(chan bool)
+	for g := range 4 {
+		go func() {
+			c := user("u"+strconv.Itoa(g), "c"+strconv.Itoa(g))
+			ok := true
+			for i := range 2000 {
+				n := strconv.Itoa(g)
+				ok = ok && r.CanRead(c, "u"+n+"/x") && !r.CanRead(c, "u"+n+"/private/x") &&
+					r.CanSubscribe(c, "shared/+/"+n, true) && r.CanWrite(c, "out/"+n+"/"+strconv.Itoa(i))
+			}
+			done <- ok
+		}()
+	}
+	for range 4 {
+		if !<-done {
+			t.Error("a concurrent check gave a wrong answer")
+		}
+	}
+}

@@ -6,7 +6,8 @@
 //     CR are stripped; leading spaces are allowed; blank lines are ignored.
 //   - Fields are separated by spaces (runs of spaces count as one, as with
 //     strtok). A tab or another control character anywhere in a non-comment
-//     line is an error, and so is an indented "# comment".
+//     line is an error, and so is an indented "# comment", and so is a line
+//     that is not valid UTF-8 (outside comments).
 //   - Keywords are case-sensitive: topic, pattern, user.
 //   - "topic [read|write|readwrite|deny] <topic>": without an access word the
 //     access is readwrite; <topic> is the rest of the line, trimmed, and may
@@ -30,7 +31,8 @@
 //     "$share..." topics are denied (shared subscriptions exist only in
 //     SUBSCRIBE); writes to "$SYS..." are denied (Moat has no bridges, so
 //     mosquitto's bridge-state exception does not apply). An aclfile with no
-//     rules denies everything.
+//     rules denies everything (a non-strict SUBSCRIBE is still granted, as in
+//     mosquitto; nothing is then delivered).
 //  2. The client's own list: the user section named by its username, or the
 //     anonymous section when it has no username. A username without a
 //     section has no list. Deny rules are tried first, then the others in
@@ -68,7 +70,14 @@
 // # Identities
 //
 // With %u/%c patterns, usernames and client ids take part in topic matching.
-// CheckIdentity refuses the values that let a client reach another tree.
+// CheckIdentity refuses the values that let a client reach another tree;
+// Rules.CheckClient applies it to what the file's patterns substitute.
+//
+// # Explain
+//
+// Explain runs the same check and returns the deciding rule (file, line, the
+// line as written) or the special case that decided ($SYS write, '+'/'#' in
+// an identity, no rules, invalid topic), or "no rule matched: deny".
 //
 // # Concurrency and cost
 //
