@@ -49,7 +49,7 @@ func benchCommitter(q chan benchKV, commit func([]benchKV) error) {
 	}
 }
 
-func benchDir(b *testing.B) string {
+func engineBenchDir(b *testing.B) string {
 	base := os.Getenv("MOAT_BENCH_DIR")
 	if base == "" {
 		return b.TempDir()
@@ -93,7 +93,7 @@ func runEngine(b *testing.B, writers int, commit func([]benchKV) error) {
 func BenchmarkEngine(b *testing.B) {
 	for _, writers := range []int{1, 16} {
 		b.Run(fmt.Sprintf("bbolt/w%d", writers), func(b *testing.B) {
-			db, err := bolt.Open(filepath.Join(benchDir(b), "b.db"), 0o600, &bolt.Options{
+			db, err := bolt.Open(filepath.Join(engineBenchDir(b), "b.db"), 0o600, &bolt.Options{
 				NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
 			})
 			if err != nil {
@@ -117,7 +117,7 @@ func BenchmarkEngine(b *testing.B) {
 			})
 		})
 		b.Run(fmt.Sprintf("pebble/w%d", writers), func(b *testing.B) {
-			db, err := pebble.Open(filepath.Join(benchDir(b), "p"), &pebble.Options{})
+			db, err := pebble.Open(filepath.Join(engineBenchDir(b), "p"), &pebble.Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
