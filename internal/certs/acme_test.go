@@ -559,3 +559,31 @@ func TestACMEStagingThenProduction(t *testing.T) {
 		t.Fatalf("staging lineage: %+v %v", s, err)
 	}
 }
+
+func TestACMERunBacksOffWithoutCertificate(t *testing.T) {
+	h := newHarness(t)
+	h.cf.SetToken("not-the-configured-one")
+	m := h.manager(h.opts())
+	run(t, m)
+	waitFor(t, "a failed attempt", 30*time.Second, func() bool { return m.Status().Failures == 1 })
+	st := m.Status()
+	if got := st.NextAttempt.Sub(st.LastErrorAt); got != time.Hour {
+		t.Fatalf("next attempt in %v, want the first backoff step (1h)", got)
+	}
+	if !strings.Contains(st.LastError, "Authentication error") || strings.Contains(st.LastError, acmetest.Token) {
+		t.Fatalf("last error %q", st.LastError)
+	}
+	select {
+	case <-m.Ready():
+		t.Fatal("ready without a certificate")
+	default:
+	}
+	orders := h.ca.Orders()
+	// Run must now sleep until the backoff ends: poll a little and see no retry.
+	for range 10 {
+		time.Sleep(20 * time.Millisecond)
+		if m.Status().Failures != 1 || h.ca.Orders() != orders {
+			t.Fatal("retried before the backoff ended")
+		}
+	}
+}
