@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real: mosquitto clients and broker (side-by-side
 # checks), FUSE for gocryptfs, paho for the Home Assistant imitation, Chromium for MQTT.js.
-APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt
+APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt python3 chromium
 TEST_TIMEOUT ?= 15m
 
 .PHONY: all build run test deps vet fmt-check fuzz bench clean
@@ -31,9 +31,14 @@ run: build
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@# MQTT.js for the browser test, pinned by its package-lock.json.
+	@if [ -f internal/e2e/browser/package-lock.json ] && [ ! -d internal/e2e/browser/node_modules/mqtt ]; then \
+		cd internal/e2e/browser && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
 fmt-check:
