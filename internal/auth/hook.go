@@ -102,7 +102,7 @@ func (h *Hook) ID() string { return "moat-auth" }
 func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish,
-		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill:
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill, mqtt.OnPacketRead:
 		return true
 	}
 	return false
@@ -298,6 +298,26 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	}
 	return sc.canRead(&id.client, topic)
+}
+
+// OnPacketRead answers a QoS 1/2 publish to $SYS, which mochi drops
+// before any hook without an ack, leaving the client waiting for it:
+// MQTT 5 gets 0x87 as from mosquitto, 3.1.1 an ack (the message is dropped).
+func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 || cl.Net.Inline ||
+		len(pk.TopicName) < len(mqtt.SysPrefix) || !strings.EqualFold(pk.TopicName[:len(mqtt.SysPrefix)], mqtt.SysPrefix) {
+		return pk, nil
+	}
+	h.events.ACLDenied("write")
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+	if pk.FixedHeader.Qos == 2 {
+		ack.FixedHeader.Type = packets.Pubrec
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = packets.ErrNotAuthorized.Code
+	}
+	_ = cl.WritePacket(ack)
+	return pk, nil
 }
 
 func isFilter(s string) bool {
