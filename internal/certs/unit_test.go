@@ -457,3 +457,14 @@ func TestGetCertificateBeforeIssuance(t *testing.T) {
 		t.Fatal("ReadStatus on an empty state dir succeeded")
 	}
 }
+
+func TestLegoLogger(t *testing.T) {
+	logs := &logBuf{}
+	l := LegoLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l.Printf("[INFO] [%s] acme: Obtaining", "a.example.com")
+	l.Println("[WARN] cleaning up failed")
+	out := logs.String()
+	if !strings.Contains(out, `level=DEBUG msg="[a.example.com] acme: Obtaining"`) || !strings.Contains(out, `level=WARN msg="cleaning up failed"`) {
+		t.Fatalf("got %s", out)
+	}
+}
