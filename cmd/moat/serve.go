@@ -9,7 +9,10 @@ import (
 	"syscall"
 	"time"
 
+	legolog "github.com/go-acme/lego/v4/log"
+
 	"github.com/moat-mqtt/moat/internal/broker"
+	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/logging"
 )
@@ -51,6 +54,8 @@ func runServe(args []string, io stdio) int {
 	}
 	defer logger.Close()
 	log := logger.Logger
+	// lego logs through one process-wide logger: route it into ours.
+	legolog.Logger = certs.LegoLogger(log.With("component", "acme"))
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
