@@ -12,7 +12,7 @@ var (
 	ErrMalformedLength   = errors.New("mqtt remaining length longer than 4 bytes")
 	ErrFirstNotConnect   = errors.New("first mqtt packet is not CONNECT")
 	ErrMalformedConnect  = errors.New("malformed mqtt CONNECT")
-	ErrMalformedSubcribe = errors.New("malformed mqtt SUBSCRIBE")
+	ErrMalformedSubscribe = errors.New("malformed mqtt SUBSCRIBE")
 )
 
 const (
@@ -236,7 +236,7 @@ func (c *frameConn) finishPacket(after []byte) (done bool, rest []byte) {
 		c.v5 = v == 5
 	case typeSubscribe:
 		if !validSubscribe(body, c.v5) {
-			c.err = ErrMalformedSubcribe
+			c.err = ErrMalformedSubscribe
 			return false, nil
 		}
 	}

@@ -291,7 +291,7 @@ func (l *Listener) session(establish listeners.EstablishFn, c net.Conn) {
 func (l *Listener) logSessionEnd(remote string, err error) {
 	switch {
 	case errors.Is(err, ErrPacketTooLarge), errors.Is(err, ErrMalformedLength),
-		errors.Is(err, ErrMalformedSubcribe), errors.Is(err, ErrMalformedConnect),
+		errors.Is(err, ErrMalformedSubscribe), errors.Is(err, ErrMalformedConnect),
 		errors.Is(err, ErrFirstNotConnect):
 		l.log.Info("client dropped: invalid packet", "listener", l.o.ID, "remote", remote, "error", err)
 	default:
