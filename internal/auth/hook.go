@@ -347,6 +347,16 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 }
 
 func (h *Hook) deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error {
+	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 2 {
+		// mochi answers an OnPublish error with a PUBACK even at QoS 2,
+		// which the client cannot match: send the PUBREC here, and drop.
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+			PacketID:    pk.PacketID,
+			ReasonCode:  code.Code,
+		})
+		return packets.ErrRejectPacket
+	}
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 		return code
 	}
