@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/moat-mqtt/moat/internal/testenv"
 )
@@ -115,7 +115,7 @@ func TestPahoSmoke(t *testing.T) {
 
 	t.Run("v311", func(t *testing.T) {
 		got := make(chan pahov3.Message, 4)
-		o := pahov3.NewClientOptions().AddBroker("tcp://"+tb.addr).SetClientID("paho3").
+		o := pahov3.NewClientOptions().AddBroker("tcp://" + tb.addr).SetClientID("paho3").
 			SetUsername("bob").SetPassword(passwords["bob"]).SetAutoReconnect(false).
 			SetConnectRetry(false).SetProtocolVersion(4).SetConnectTimeout(waitLong)
 		c := pahov3.NewClient(o)
