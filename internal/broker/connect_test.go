@@ -369,3 +369,53 @@ func TestMessageSizeLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestOwnTakeover: a user reconnecting with her own client id replaces the
+// old connection and keeps full access (the old connection's end must not
+// drop the new one's identity).
+func TestOwnTakeover(t *testing.T) {
+	tb := startBroker(t, setup{acl: tableBACL})
+	for _, v := range []byte{4, 5} {
+		for _, persist := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/persist=%v", versionName(v), persist), func(t *testing.T) {
+				o := as(v, "alice", fmt.Sprintf("own-%d-%v", v, persist))
+				o.persist = persist
+				first := connect(t, tb.addr, o)
+				first.mustSubscribe("alice/#")
+				second := connect(t, tb.addr, o)
+				if !first.waitClosed() {
+					t.Fatal("first connection not closed by the takeover")
+				}
+				second.mustSubscribe("alice/#")
+				if got := second.publish("alice/take", "x", 1, false); got.code >= 0x80 {
+					t.Fatalf("publish after takeover: 0x%02x", got.code)
+				}
+				if !second.waitTopic("alice/take") {
+					t.Fatal("message not delivered after takeover")
+				}
+				second.disconnect()
+			})
+		}
+	}
+}
+
+// TestSharedSubscriptions: a $share filter is judged by the filter after
+// the group (mochi passes it whole to the ACL hook).
+func TestSharedSubscriptions(t *testing.T) {
+	tb := startBroker(t, setup{acl: tableBACL})
+	for _, v := range []byte{4, 5} {
+		t.Run(versionName(v), func(t *testing.T) {
+			c := connect(t, tb.addr, as(v, "alice", "share"))
+			defer c.disconnect()
+			codes := c.subscribe("$share/g/alice/#", "$share/g/#", "$share/g/bob/x")
+			want := []byte{1, refused(v), refused(v)}
+			if !slices.Equal(codes, want) {
+				t.Fatalf("SUBACK %x, want %x", codes, want)
+			}
+			c.publish("alice/shared", "x", 1, false)
+			if !c.waitTopic("alice/shared") {
+				t.Error("not delivered through the shared subscription")
+			}
+		})
+	}
+}
