@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Moat and mosquitto side by side on this machine, on 127.0.0.1 only: the
+# same passwd, aclfile and certificate; interleaved repetitions; medians.
+# Run by hand (make bench); it is never part of make test.
+#
+#   scripts/bench-core.sh                 full run (about 5-6 minutes)
+#   QUICK=1 scripts/bench-core.sh         one short repetition
+#   REPS=5 scripts/bench-core.sh -only fanin,lat    any benchcore flag after
+#
+# Environment: MOSQUITTO (default: mosquitto on PATH, then /usr/sbin/mosquitto),
+# QUICK, REPS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Both brokers and the generator inherit this: thousands of sockets.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+mosq=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
+if [ ! -x "$mosq" ]; then
+	echo "bench-core: mosquitto not found; apt-get install mosquitto" >&2
+	exit 1
+fi
+[ -x bin/moat ] || make build
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+go build -o "$tmp/benchcore" ./scripts/benchcore
+
+args=(-moat bin/moat -mosquitto "$mosq" -dir "$tmp/run")
+mkdir "$tmp/run"
+if [ -n "${QUICK:-}" ]; then args+=(-quick); fi
+if [ -n "${REPS:-}" ]; then args+=(-reps "$REPS"); fi
+
+echo "moat: $(bin/moat version); $("$mosq" -h 2>&1 | head -1); $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
+"$tmp/benchcore" "${args[@]}" "$@"
