@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moat-mqtt/moat/internal/cryptfs"
@@ -17,6 +18,9 @@ type persistence struct {
 	b     *Broker
 	mount *cryptfs.Mount // nil with persistence_encryption off
 	root  *os.Root
+	// lost is set once the mount died: even after a remount the store's
+	// files stay on the dead mount, so Moat is unready until restarted.
+	lost atomic.Bool
 
 	mu    sync.Mutex
 	store *store.Store
@@ -121,6 +125,7 @@ func (p *persistence) supervise(ctx context.Context) {
 		return
 	case <-p.mount.Dead():
 	}
+	p.lost.Store(true)
 	p.b.met.MountState(false)
 	p.b.log.Error("encrypted persistence mount died: retained writes are refused until Moat restarts")
 	// Remount so the next start finds a clean mount point; the running
@@ -148,6 +153,9 @@ func (p *persistence) check(context.Context) error {
 	}
 	if err := st.Healthy(); err != nil {
 		return fmt.Errorf("store: %w", err)
+	}
+	if p.lost.Load() {
+		return errors.New("store: the encrypted mount died under the open store; restart Moat to resume persistence")
 	}
 	if p.mount != nil {
 		if err := p.mount.Check(); err != nil {
