@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -602,10 +601,6 @@ func (c *client) disconnect() {
 
 // drop closes the socket without DISCONNECT (an abnormal disconnect).
 func (c *client) drop() { _ = c.conn.Close() }
-
-func isClosed(err error) bool {
-	return err != nil && (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "reset"))
-}
 
 // sorted returns a sorted copy without duplicates.
 func sorted(s []string) []string {
