@@ -304,6 +304,12 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // before any hook without an ack, leaving the client waiting for it:
 // MQTT 5 gets 0x87 as from mosquitto, 3.1.1 an ack (the message is dropped).
 func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	// A topic name with wildcards is a protocol error [MQTT-3.3.2-2]; mochi
+	// would drop it without an ack and leave a QoS 1/2 client waiting.
+	if pk.FixedHeader.Type == packets.Publish && strings.ContainsAny(pk.TopicName, "+#") {
+		h.log.Info("publish with a wildcard topic: disconnecting", "client", cl.ID, "ip", remoteIP(cl))
+		return pk, packets.ErrRejectPacket
+	}
 	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 || cl.Net.Inline ||
 		len(pk.TopicName) < len(mqtt.SysPrefix) || !strings.EqualFold(pk.TopicName[:len(mqtt.SysPrefix)], mqtt.SysPrefix) {
 		return pk, nil
