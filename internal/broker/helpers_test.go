@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/logging"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -163,8 +163,12 @@ func startBroker(t testing.TB, s setup) *testBroker {
 		t.Fatalf("config: %v", err)
 	}
 	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b, err := broker.New(broker.Options{Config: cfg, Logger: log})
+	// Moat's own logging pipeline (with its redaction), at debug level.
+	lg, err := logging.New(logging.Options{Types: map[string]bool{"all": true}, Stderr: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
 	}
