@@ -157,24 +157,24 @@ func haStartMoat(t *testing.T, dir, conf string, ready ...string) *haMoat {
 	return m
 }
 
-// haRun runs a command with a deadline and returns its stdout; stderr is
-// logged. The process group is killed when the deadline passes.
-func haRun(t *testing.T, timeout time.Duration, stdin []byte, name string, args ...string) ([]byte, error) {
+// haRun runs a command with a deadline and returns its stdout and stderr.
+// The whole process group is killed when it ends or the deadline passes,
+// so a browser leaves no children behind.
+func haRun(t *testing.T, timeout time.Duration, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pgid := cmd.Process.Pid
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var err error
 	select {
 	case err = <-done:
 	case <-time.After(timeout):
@@ -182,16 +182,12 @@ func haRun(t *testing.T, timeout time.Duration, stdin []byte, name string, args 
 		<-done
 		err = fmt.Errorf("%s: no result after %s", filepath.Base(name), timeout)
 	}
-	// Children a browser leaves behind belong to the same group.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	if stderr.Len() > 0 {
-		t.Logf("%s stderr:\n%s", filepath.Base(name), haTail(stderr.Bytes(), 4000))
-	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		err = fmt.Errorf("%s exited with %d", filepath.Base(name), ee.ExitCode())
 	}
-	return stdout.Bytes(), err
+	return out.Bytes(), errb.Bytes(), err
 }
 
 func haTail(b []byte, n int) string {

@@ -40,7 +40,7 @@ func haPython(t *testing.T) string {
 		cands = append(cands, p)
 	}
 	for _, py := range cands {
-		if _, err := haRun(t, 30*time.Second, nil, py, "-c", "import paho.mqtt.client"); err == nil {
+		if _, _, err := haRun(t, 30*time.Second, nil, py, "-c", "import paho.mqtt.client"); err == nil {
 			return py
 		}
 	}
@@ -136,9 +136,9 @@ log_format text
 		t.Fatal(err)
 	}
 	start := time.Now()
-	out, err := haRun(t, 90*time.Second, in, py, filepath.Join(root, "internal/e2e/testdata/homeassistant_house.py"))
+	out, stderr, err := haRun(t, 90*time.Second, in, py, filepath.Join(root, "internal/e2e/testdata/homeassistant_house.py"))
 	if err != nil {
-		t.Fatalf("python: %v\n%s", err, out)
+		t.Fatalf("python: %v\nstdout:\n%s\nstderr:\n%s", err, out, haTail(stderr, 4000))
 	}
 	t.Logf("house script ran in %s", time.Since(start).Round(time.Millisecond))
 	var r haReport
@@ -151,7 +151,7 @@ log_format text
 	var all map[string]any
 	_ = json.Unmarshal(out, &all)
 	if r.Error != "" {
-		t.Fatalf("script failed:\n%s", r.Error)
+		t.Fatalf("script failed:\n%s\nstderr:\n%s", r.Error, haTail(stderr, 4000))
 	}
 	t.Logf("paho-mqtt %s (callback API %d)", r.Paho, r.CallbackAPI)
 
