@@ -50,7 +50,16 @@ func haPython(t *testing.T) string {
 
 // haStartReport is what the script saw of one Home Assistant start.
 type haStartReport struct {
-	ClientIDLen int             `json:"client_id_len"`
+	ClientIDLen    int  `json:"client_id_len"`
+	Protocol       int  `json:"protocol"`
+	SubidAvailable *int `json:"subid_available"`
+	SubidChecked   int  `json:"subid_checked"`
+	SubidMismatch  []struct {
+		Topic  string `json:"topic"`
+		Retain bool   `json:"retain"`
+		Got    []int  `json:"got"`
+		Want   []int  `json:"want"`
+	} `json:"subid_mismatch"`
 	Connack     *int            `json:"connack"`
 	Discovery   map[string]*int `json:"discovery"`
 	Integration map[string]*int `json:"integration"`
@@ -81,7 +90,8 @@ type haReport struct {
 	Denials     map[string]any            `json:"denials"`
 	Restart     map[string]any            `json:"restart"`
 	WrongPW     struct {
-		Connack *int `json:"connack"`
+		Connack   *int `json:"connack"`
+		ConnackV5 *int `json:"connack_v5"`
 	} `json:"wrong_password"`
 }
 
@@ -194,8 +204,9 @@ log_format text
 		retained []string
 	}{
 		{"ha_start", r.HA, haRetainedAtStart},
-		// The ESPHome node retained its relay state after the command.
-		{"ha_restart", r.HARestarted, append(append([]string{}, haRetainedAtStart...), "livingroom/switch/relay/state")},
+		// Restarted on MQTT 5, with subscription identifiers. The ESPHome
+		// node retained its relay state after the command.
+		{"ha_restart_mqtt5", r.HARestarted, append(append([]string{}, haRetainedAtStart...), "livingroom/switch/relay/state")},
 	} {
 		t.Run(tc.name, func(t *testing.T) { haCheckStart(t, tc.rep, tc.retained) })
 	}
@@ -253,6 +264,9 @@ log_format text
 		if c, _ := s["fresh_subscribe"].([]any); !reflect.DeepEqual(c, []any{float64(0), float64(0)}) {
 			t.Errorf("fresh discovery subscriptions: %v", s["fresh_subscribe"])
 		}
+		if c, _ := s["legacy_discovery"].([]any); !reflect.DeepEqual(c, []any{float64(0), float64(0)}) {
+			t.Errorf("discovery filters of older Home Assistant releases: %v, want granted", s["legacy_discovery"])
+		}
 		if l, _ := s["fresh_light_retained"].([]any); len(l) != 0 {
 			t.Errorf("deleted light discovery still retained: %v", l)
 		}
@@ -265,7 +279,10 @@ log_format text
 			want = 135
 		}
 		if r.WrongPW.Connack == nil || *r.WrongPW.Connack != want {
-			t.Errorf("wrong password CONNACK %v, want %d (Home Assistant then asks to re-authenticate)", r.WrongPW.Connack, want)
+			t.Errorf("wrong password CONNACK %s, want %d (Home Assistant then asks to re-authenticate)", haCode(r.WrongPW.Connack), want)
+		}
+		if r.WrongPW.ConnackV5 == nil || *r.WrongPW.ConnackV5 != 0x87 {
+			t.Errorf("wrong password MQTT 5 CONNACK %s, want 0x87", haCode(r.WrongPW.ConnackV5))
 		}
 	})
 
@@ -307,6 +324,29 @@ func haCheckStart(t *testing.T, s haStartReport, retained []string) {
 	if s.ClientIDLen != 22 {
 		t.Errorf("client id length %d, want 22 (base62 of a UUID)", s.ClientIDLen)
 	}
+	refusedCode := haSubackRefusedV3
+	if s.Protocol == 5 {
+		refusedCode = haSubackRefusedV5
+		// Home Assistant falls back to slower routing if this is 0.
+		if s.SubidAvailable != nil && *s.SubidAvailable == 0 {
+			t.Error("CONNACK says subscription identifiers are not available")
+		}
+		var unmarked []string
+		for _, m := range s.SubidMismatch {
+			// mochi 2.7.9 sends the retained messages of a new subscription
+			// without its identifier (publishRetainedToClient passes the
+			// SUBSCRIBE filter, whose Identifiers map is empty).
+			if m.Retain && len(m.Got) == 0 {
+				unmarked = append(unmarked, m.Topic)
+				continue
+			}
+			t.Errorf("%s (retain=%v): subscription identifiers %v, want %v", m.Topic, m.Retain, m.Got, m.Want)
+		}
+		if len(unmarked) > 0 {
+			t.Logf("known gap: %d of %d messages, all retained ones sent on subscribe, carry no subscription identifier: %v",
+				len(unmarked), s.SubidChecked, unmarked)
+		}
+	}
 	if s.SubscribePackets != 64+9+1 || s.Subacks != s.SubscribePackets {
 		t.Errorf("%d SUBSCRIBE packets, %d SUBACKs; want 74 each", s.SubscribePackets, s.Subacks)
 	}
@@ -317,7 +357,7 @@ func haCheckStart(t *testing.T, s haStartReport, retained []string) {
 	check := func(kind, f string, c *int) {
 		want := 0
 		if refused[f] {
-			want = haSubackRefusedV3
+			want = refusedCode
 		}
 		if c == nil || *c != want {
 			t.Errorf("%s filter %s: SUBACK %v, want %#x", kind, f, haCode(c), want)

@@ -4,8 +4,10 @@
 Home Assistant's MQTT client (paho, 3.1.1, random id, will and birth on
 homeassistant/status) and imitations of Zigbee2MQTT, an ESPHome node, a
 Tasmota device, Frigate, Z-Wave JS UI and two people connect with the
-sample passwd/aclfile. The script records what each client saw and prints
-one JSON object; the Go test makes the assertions.
+sample passwd/aclfile. Home Assistant starts on MQTT 3.1.1, is stopped
+without DISCONNECT and starts again on MQTT 5 with subscription
+identifiers. The script records what each client saw and prints one JSON
+object; the Go test makes the assertions.
 
 Input (stdin, JSON): {"host": "127.0.0.1", "port": 1883, "passwords": {user: password}}.
 Works with paho-mqtt 1.6 (Debian) and 2.x (Home Assistant's).
@@ -21,6 +23,8 @@ import traceback
 
 import paho.mqtt
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 V2 = hasattr(mqtt, "CallbackAPIVersion")
 WAIT = 15.0  # seconds for any single expected event
@@ -113,6 +117,8 @@ class Peer:
             self.c = mqtt.Client(**kw)
         self.cv = threading.Condition()
         self.connack = None
+        self.connack_props = None
+        self.subids = {}  # MQTT 5: granted filter -> subscription identifier
         self.connected = False
         self.subacks = {}
         self.pubacks = {}
@@ -127,8 +133,9 @@ class Peer:
         self.c.on_message = self._on_message
 
     # Callbacks: *args covers paho 1.x (v3 and v5 forms) and 2.x VERSION2.
-    def _on_connect(self, _c, _u, _flags, rc, *_):
+    def _on_connect(self, _c, _u, _flags, rc, *rest):
         with self.cv:
+            self.connack_props = rest[0] if rest else None
             self.connack = code(rc)
             self.connected = self.connack == 0
             self.cv.notify_all()
@@ -155,8 +162,10 @@ class Peer:
 
     def _on_message(self, _c, _u, m):
         payload = m.payload.decode("utf-8", "replace")
+        props = getattr(m, "properties", None)
+        ids = sorted(getattr(props, "SubscriptionIdentifier", None) or []) if props else []
         with self.cv:
-            self.msgs.append((m.topic, payload, bool(m.retain), m.qos, time.monotonic()))
+            self.msgs.append((m.topic, payload, bool(m.retain), m.qos, time.monotonic(), ids))
             self.cv.notify_all()
         for h in self.handlers:
             h(m.topic, payload)
@@ -175,14 +184,24 @@ class Peer:
         self.wait(lambda: self.connack is not None)
         return self.connack
 
-    def subscribe(self, filters, qos=0):
+    def subscribe(self, filters, qos=0, sub_id=None):
         """One SUBSCRIBE packet; returns its SUBACK codes in filter order."""
-        rc, mid = self.c.subscribe([(f, qos) for f in filters])
+        kw = {}
+        if sub_id is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sub_id
+            kw["properties"] = props
+        rc, mid = self.c.subscribe([(f, qos) for f in filters], **kw)
         if rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         if not self.wait(lambda: mid in self.subacks):
             return None
-        return self.subacks[mid]
+        codes = self.subacks[mid]
+        if sub_id is not None:
+            for f, c in zip(filters, codes):
+                if c < 0x80:
+                    self.subids[f] = sub_id
+        return codes
 
     def unsubscribe(self, filters):
         _, mid = self.c.unsubscribe(filters)
@@ -346,27 +365,33 @@ class House:
         for p in (z, e, t, f, w, a):
             out[p.name]["connected"] = p.connected
 
-    def ha_start(self, key):
-        """Home Assistant's start: connect, subscribe as it does, birth."""
+    def ha_start(self, key, v5=False):
+        """Home Assistant's start: connect, subscribe as it does, birth.
+        With MQTT 5 it tags exact topics with subscription identifier 1
+        and each wildcard filter with its own, and routes by them."""
         ha = self.peer("homeassistant", base62_id(), "homeassistant",
+                       protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                        will=("homeassistant/status", "offline", 0, False))
-        r = self.out[key] = {"client_id_len": len(ha.c._client_id)}
+        r = self.out[key] = {"client_id_len": len(ha.c._client_id), "protocol": 5 if v5 else 4}
         r["connack"] = ha.connect(self.host, self.port)
+        if v5:
+            r["subid_available"] = getattr(ha.connack_props, "SubscriptionIdentifierAvailable", None)
+        next_id = iter(range(2, 1000))
         sent = answered = 0
         r["discovery"] = {}
         for f in DISCOVERY:
-            codes = ha.subscribe([f])
+            codes = ha.subscribe([f], sub_id=next(next_id) if v5 else None)
             sent += 1
             answered += codes is not None
             r["discovery"][f] = codes[0] if codes else None
         r["integration"] = {}
         for f in INTEGRATION_WILDCARDS:
-            codes = ha.subscribe([f])
+            codes = ha.subscribe([f], sub_id=next(next_id) if v5 else None)
             sent += 1
             answered += codes is not None
             r["integration"][f] = codes[0] if codes else None
         bulk = INTEGRATION_EXACT + ENTITY_TOPICS
-        codes = ha.subscribe(bulk)
+        codes = ha.subscribe(bulk, sub_id=1 if v5 else None)
         sent += 1
         answered += codes is not None
         r["bulk"] = [{"filter": f, "code": c} for f, c in zip(bulk, codes or [])]
@@ -374,7 +399,7 @@ class House:
 
         ha.quiet()  # Home Assistant's discovery cooldown, shortened
         retained = {}
-        for topic, payload, ret, _, _ in ha.since(0):
+        for topic, _, ret, _, _, _ in ha.since(0):
             if ret:
                 retained[topic] = retained.get(topic, 0) + 1
         r["retained"] = retained
@@ -388,6 +413,14 @@ class House:
         r["after_birth_lamp"] = ha.wait_msg("zigbee2mqtt/lamp", mark=hm)
         r["after_birth_lamp_retain"] = [m[2] for m in ha.since(hm, "zigbee2mqtt/lamp")]
         r["connected"] = ha.connected
+        if v5:
+            # Every message must carry the identifiers of the filters it matched.
+            r["subid_checked"] = len(ha.since(0))
+            r["subid_mismatch"] = [
+                {"topic": t, "retain": ret, "got": ids, "want": want}
+                for t, _, ret, _, _, ids in ha.since(0)
+                for want in [sorted(i for f, i in ha.subids.items() if mqtt.topic_matches_sub(f, t))]
+                if ids != want]
         return ha
 
     def commands(self, ha):
@@ -476,8 +509,13 @@ class House:
             r["will_latency_ms"] = round((got[0][4] - t0) * 1000, 1)
 
         zm = self.z2m.mark()
-        ha2 = self.ha_start("ha_restarted")
+        ha2 = self.ha_start("ha_restarted", v5=True)
         r["zigbee2mqtt_saw_birth"] = self.z2m.wait_msg("homeassistant/status", "online", mark=zm)
+        # The discovery filters of Home Assistant 2021-2024.
+        r["legacy_discovery"] = [
+            (ha2.subscribe(["homeassistant/+/+/config"], sub_id=500) or [None])[0],
+            (ha2.subscribe(["homeassistant/+/+/+/config"], sub_id=501) or [None])[0],
+        ]
 
         # Deleting the light in Home Assistant's UI clears its discovery.
         r["remove_light_completed"] = ha2.publish(LIGHT_CONFIG, "", 0, True)[0]
@@ -498,9 +536,11 @@ class House:
         r["clean_disconnect_will"] = bool(self.zwave.since(wm, "homeassistant/status"))
 
     def wrong_password(self):
-        p = Peer("homeassistant", base62_id(), "homeassistant", "not-the-password")
-        r = self.out["wrong_password"] = {"connack": p.connect(self.host, self.port)}
-        p.c.loop_stop()
+        r = self.out["wrong_password"] = {}
+        for key, proto in (("connack", mqtt.MQTTv311), ("connack_v5", mqtt.MQTTv5)):
+            p = Peer("homeassistant", base62_id(), "homeassistant", "not-the-password", protocol=proto)
+            r[key] = p.connect(self.host, self.port)
+            p.c.loop_stop()
         return r
 
     def run(self):
