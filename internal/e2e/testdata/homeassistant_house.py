@@ -365,7 +365,7 @@ class House:
         for p in (z, e, t, f, w, a):
             out[p.name]["connected"] = p.connected
 
-    def ha_start(self, key, v5=False):
+    def ha_start(self, key, expect, v5=False):
         """Home Assistant's start: connect, subscribe as it does, birth.
         With MQTT 5 it tags exact topics with subscription identifier 1
         and each wildcard filter with its own, and routes by them."""
@@ -397,7 +397,10 @@ class House:
         r["bulk"] = [{"filter": f, "code": c} for f, c in zip(bulk, codes or [])]
         r["subscribe_packets"], r["subacks"] = sent, answered
 
-        ha.quiet()  # Home Assistant's discovery cooldown, shortened
+        # Wait for the retained messages expected, then for quiet: Home
+        # Assistant's discovery cooldown, shortened.
+        ha.wait(lambda: set(expect) <= {m[0] for m in ha.msgs if m[2]})
+        ha.quiet()
         retained = {}
         for topic, _, ret, _, _, _ in ha.since(0):
             if ret:
@@ -509,7 +512,8 @@ class House:
             r["will_latency_ms"] = round((got[0][4] - t0) * 1000, 1)
 
         zm = self.z2m.mark()
-        ha2 = self.ha_start("ha_restarted", v5=True)
+        # The ESPHome node retained its relay state after the command.
+        ha2 = self.ha_start("ha_restarted", RETAINED_AT_START + ["livingroom/switch/relay/state"], v5=True)
         r["zigbee2mqtt_saw_birth"] = self.z2m.wait_msg("homeassistant/status", "online", mark=zm)
         # The discovery filters of Home Assistant 2021-2024.
         r["legacy_discovery"] = [
@@ -545,7 +549,7 @@ class House:
 
     def run(self):
         self.devices()
-        ha = self.ha_start("ha")
+        ha = self.ha_start("ha", RETAINED_AT_START)
         self.commands(ha)
         self.denials(ha)
         self.restart(ha)
