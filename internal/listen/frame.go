@@ -8,10 +8,10 @@ import (
 
 // Errors returned by the framing reader; the session ends with them.
 var (
-	ErrPacketTooLarge    = errors.New("mqtt packet exceeds the size limit")
-	ErrMalformedLength   = errors.New("mqtt remaining length longer than 4 bytes")
-	ErrFirstNotConnect   = errors.New("first mqtt packet is not CONNECT")
-	ErrMalformedConnect  = errors.New("malformed mqtt CONNECT")
+	ErrPacketTooLarge     = errors.New("mqtt packet exceeds the size limit")
+	ErrMalformedLength    = errors.New("mqtt remaining length longer than 4 bytes")
+	ErrFirstNotConnect    = errors.New("first mqtt packet is not CONNECT")
+	ErrMalformedConnect   = errors.New("malformed mqtt CONNECT")
 	ErrMalformedSubscribe = errors.New("malformed mqtt SUBSCRIBE")
 )
 

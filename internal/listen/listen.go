@@ -267,9 +267,9 @@ func (l *Listener) session(establish listeners.EstablishFn, c net.Conn) {
 		if r == nil {
 			return
 		}
-		_ = c.Close()
 		l.log.Error("client session panicked; client dropped", "listener", l.o.ID, "remote", remote,
 			"panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		_ = c.Close()
 		if l.o.OnPanic != nil {
 			func() {
 				defer func() {
