@@ -32,10 +32,11 @@ import (
 )
 
 // haTestCert writes a CA-signed server certificate for 127.0.0.1 and
-// localhost into dir and returns the files, the CA pool and the base64
+// localhost, its key and the CA into dir and returns the files, the CA pool
+// and the base64
 // SHA-256 of the certificate's SubjectPublicKeyInfo (Chromium's
 // --ignore-certificate-errors-spki-list format).
-func haTestCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool, spki string) {
+func haTestCert(t *testing.T, dir string) (certFile, keyFile, caFile string, pool *x509.CertPool, spki string) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -85,9 +86,12 @@ func haTestCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
+	certFile, keyFile, caFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	if err := os.WriteFile(caFile, caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), caPEM...)
 	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +101,7 @@ func haTestCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	pool = x509.NewCertPool()
 	pool.AddCert(ca)
 	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
-	return certFile, keyFile, pool, base64.StdEncoding.EncodeToString(sum[:])
+	return certFile, keyFile, caFile, pool, base64.StdEncoding.EncodeToString(sum[:])
 }
 
 // haPageServer serves the test page and MQTT.js's browser bundle, and holds
@@ -229,7 +233,7 @@ func TestBrowserMQTTjsOverWSS(t *testing.T) {
 	other := haNewPageServer(t, page, bundle)
 
 	dir := t.TempDir()
-	certFile, keyFile, pool, spki := haTestCert(t, dir)
+	certFile, keyFile, _, pool, spki := haTestCert(t, dir)
 	haCopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
 	haCopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
 	mqttPort, wssPort := haFreePort(t), haFreePort(t)

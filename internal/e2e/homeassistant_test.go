@@ -50,10 +50,11 @@ func haPython(t *testing.T) string {
 
 // haStartReport is what the script saw of one Home Assistant start.
 type haStartReport struct {
-	ClientIDLen    int  `json:"client_id_len"`
-	Protocol       int  `json:"protocol"`
-	SubidAvailable *int `json:"subid_available"`
-	SubidChecked   int  `json:"subid_checked"`
+	ClientIDLen    int    `json:"client_id_len"`
+	Protocol       int    `json:"protocol"`
+	Transport      string `json:"transport"`
+	SubidAvailable *int   `json:"subid_available"`
+	SubidChecked   int    `json:"subid_checked"`
 	SubidMismatch  []struct {
 		Topic  string `json:"topic"`
 		Retain bool   `json:"retain"`
@@ -130,18 +131,29 @@ func TestHomeAssistantHouse(t *testing.T) {
 	dir := t.TempDir()
 	haCopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
 	haCopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
-	port := haFreePort(t)
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
-protocol mqtt
-allow_anonymous false
+	certFile, keyFile, caFile, _, _ := haTestCert(t, dir)
+	port, wssPort := haFreePort(t), haFreePort(t)
+	conf := fmt.Sprintf(`allow_anonymous false
 password_file %s
 acl_file %s
 admin_listener off
 log_format text
-`, port, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"))
-	moat := haStartMoat(t, dir, conf, haAddr(port))
 
-	in, err := json.Marshal(map[string]any{"host": "127.0.0.1", "port": port, "passwords": haDemoPasswords()})
+listener %d 127.0.0.1
+protocol mqtt
+
+# Home Assistant's websockets transport, with TLS.
+listener %d 127.0.0.1
+protocol websockets
+certfile %s
+keyfile %s
+`, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), port, wssPort, certFile, keyFile)
+	moat := haStartMoat(t, dir, conf, haAddr(port), haAddr(wssPort))
+
+	in, err := json.Marshal(map[string]any{
+		"host": "127.0.0.1", "port": port, "wss_port": wssPort, "ca_file": caFile,
+		"passwords": haDemoPasswords(),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,13 +214,20 @@ log_format text
 		name     string
 		rep      haStartReport
 		retained []string
+		proto    int
+		tr       string
 	}{
-		{"ha_start", r.HA, haRetainedAtStart},
-		// Restarted on MQTT 5, with subscription identifiers. The ESPHome
-		// node retained its relay state after the command.
-		{"ha_restart_mqtt5", r.HARestarted, append(append([]string{}, haRetainedAtStart...), "livingroom/switch/relay/state")},
+		{"ha_start", r.HA, haRetainedAtStart, 4, "tcp"},
+		// Restarted on MQTT 5 with subscription identifiers, over WSS.
+		// The ESPHome node retained its relay state after the command.
+		{"ha_restart_mqtt5_wss", r.HARestarted, append(append([]string{}, haRetainedAtStart...), "livingroom/switch/relay/state"), 5, "websockets+tls"},
 	} {
-		t.Run(tc.name, func(t *testing.T) { haCheckStart(t, tc.rep, tc.retained) })
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.rep.Protocol != tc.proto || tc.rep.Transport != tc.tr {
+				t.Errorf("Home Assistant ran MQTT %d over %q, want %d over %q", tc.rep.Protocol, tc.rep.Transport, tc.proto, tc.tr)
+			}
+			haCheckStart(t, tc.rep, tc.retained)
+		})
 	}
 
 	t.Run("commands", func(t *testing.T) {

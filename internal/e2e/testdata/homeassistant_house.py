@@ -105,16 +105,22 @@ class Peer:
     """One MQTT client with everything it saw, guarded by a condition."""
 
     def __init__(self, name, client_id, user, password, protocol=mqtt.MQTTv311,
-                 clean=True, keepalive=60, will=None):
+                 clean=True, keepalive=60, will=None, ca_file=None):
         self.name, self.user, self.password = name, user, password
         self.keepalive, self.will, self.protocol = keepalive, will, protocol
         kw = {"client_id": client_id, "protocol": protocol, "reconnect_on_failure": False}
         if protocol != mqtt.MQTTv5:
             kw["clean_session"] = clean
+        if ca_file:
+            kw["transport"] = "websockets"
         if V2:
             self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
         else:
             self.c = mqtt.Client(**kw)
+        if ca_file:
+            # As Home Assistant: ws_path "/", a custom CA, hostname checked.
+            self.c.ws_set_options(path="/")
+            self.c.tls_set(ca_certs=ca_file)
         self.cv = threading.Condition()
         self.connack = None
         self.connack_props = None
@@ -257,6 +263,7 @@ class Peer:
 class House:
     def __init__(self, cfg):
         self.host, self.port, self.pw = cfg["host"], cfg["port"], cfg["passwords"]
+        self.wss_port, self.ca_file = cfg["wss_port"], cfg["ca_file"]
         self.out = {"paho": getattr(paho.mqtt, "__version__", "?"), "callback_api": 2 if V2 else 1}
         self.probe_n = 0
 
@@ -365,15 +372,17 @@ class House:
         for p in (z, e, t, f, w, a):
             out[p.name]["connected"] = p.connected
 
-    def ha_start(self, key, expect, v5=False):
+    def ha_start(self, key, expect, v5=False, wss=False):
         """Home Assistant's start: connect, subscribe as it does, birth.
         With MQTT 5 it tags exact topics with subscription identifier 1
         and each wildcard filter with its own, and routes by them."""
         ha = self.peer("homeassistant", base62_id(), "homeassistant",
                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                       will=("homeassistant/status", "offline", 0, False))
-        r = self.out[key] = {"client_id_len": len(ha.c._client_id), "protocol": 5 if v5 else 4}
-        r["connack"] = ha.connect(self.host, self.port)
+                       will=("homeassistant/status", "offline", 0, False),
+                       ca_file=self.ca_file if wss else None)
+        r = self.out[key] = {"client_id_len": len(ha.c._client_id), "protocol": 5 if v5 else 4,
+                             "transport": "websockets+tls" if wss else "tcp"}
+        r["connack"] = ha.connect(self.host, self.wss_port if wss else self.port)
         if v5:
             r["subid_available"] = getattr(ha.connack_props, "SubscriptionIdentifierAvailable", None)
         next_id = iter(range(2, 1000))
@@ -513,7 +522,8 @@ class House:
 
         zm = self.z2m.mark()
         # The ESPHome node retained its relay state after the command.
-        ha2 = self.ha_start("ha_restarted", RETAINED_AT_START + ["livingroom/switch/relay/state"], v5=True)
+        ha2 = self.ha_start("ha_restarted", RETAINED_AT_START + ["livingroom/switch/relay/state"],
+                            v5=True, wss=True)
         r["zigbee2mqtt_saw_birth"] = self.z2m.wait_msg("homeassistant/status", "online", mark=zm)
         # The discovery filters of Home Assistant 2021-2024.
         r["legacy_discovery"] = [
