@@ -57,6 +57,7 @@ var rows = []metric{
 	{"fanout.per_cpu", "QoS0 fan-out deliveries per broker CPU-s", "msg/cpu-s", true},
 	{"fanout.loss", "QoS0 fan-out loss at full speed", "%", false},
 	{"fanout.gcores", "  generator CPU during fan-out", "cores", false},
+	{"storm.warm_s", "reconnect storm: Moat's first (uncached) connect", "s", false},
 	{"storm.seconds", "reconnect storm: all connected after", "s", false},
 	{"storm.cpu_s", "reconnect storm: broker CPU", "cpu-s", false},
 	{"storm.connected", "reconnect storm: clients connected", "clients", true},
@@ -270,6 +271,8 @@ func format(r result) string {
 
 func num(v float64) string {
 	switch a := math.Abs(v); {
+	case math.IsNaN(v):
+		return "-"
 	case a == 0:
 		return "0"
 	case a >= 1000:

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -267,6 +268,7 @@ func fanOut(s *setup, b *broker, k int, d time.Duration) (result, error) {
 		return nil, err
 	}
 	sent := publishLoop(pub, encodePublish(u.name+"/t", 0, 0, make([]byte, 64)), d, 0)
+	pubTime := time.Since(m.t0)
 	want := sent * int64(k)
 	drain(&total, want, 500*time.Millisecond, 15*time.Second)
 	wall, bcpu, gcpu, err := m.stop()
@@ -280,6 +282,9 @@ func fanOut(s *setup, b *broker, k int, d time.Duration) (result, error) {
 		"per_cpu":   perCPU(float64(got), bcpu),
 		"loss":      100 * float64(want-got) / float64(max(want, 1)),
 		"gcores":    gcpu.Seconds() / wall.Seconds(),
+		"pub_s":     pubTime.Seconds(),
+		"wall_s":    wall.Seconds(),
+		"rate":      float64(got) / wall.Seconds(),
 	}, nil
 }
 
@@ -491,5 +496,13 @@ func storm(s *setup, b *broker, warm bool, limit time.Duration) (result, error) 
 	if okN == 0 {
 		return nil, err
 	}
+	if err != nil { // partial: say why the others failed
+		fmt.Printf("  storm on %s: %d of %d failed, first: %v\n", b.name, n-okN, n, firstLine(err))
+	}
 	return res, nil
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
 }
