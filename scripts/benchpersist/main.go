@@ -200,7 +200,7 @@ func (br *broker) stop(sig syscall.Signal) {
 	<-br.exited
 	if br.name == "moat" {
 		// gocryptfs leaves with Moat; wait until the mount is gone.
-		for i := 0; i < 200 && mounted(filepath.Join(br.dir, "plain")); i++ {
+		for i := 0; i < 1200 && mounted(filepath.Join(br.dir, "plain")); i++ {
 			time.Sleep(25 * time.Millisecond)
 		}
 	}
