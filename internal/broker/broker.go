@@ -50,9 +50,10 @@ type Broker struct {
 	persist *persistence
 	expiry  *retainedExpiry
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once // mochi panics on a second Close
 
 	files map[string]*certs.FileSource // by listener id
 	acme  *certs.Manager
@@ -337,6 +338,12 @@ func (b *Broker) Reload() error {
 // Close stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B),
 // flushes and closes the store, unmounts it, and stops the admin listener.
 func (b *Broker) Close(ctx context.Context) error {
+	var err error
+	b.closeOnce.Do(func() { err = b.close(ctx) })
+	return err
+}
+
+func (b *Broker) close(ctx context.Context) error {
 	b.cancel()
 	var errs []error
 	if b.srv != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"time"
 )
 
 // Errors returned by the framing reader; the session ends with them.
@@ -35,7 +36,8 @@ const (
 // checked. PUBLISH payloads are never copied.
 type frameConn struct {
 	net.Conn
-	max int // whole-packet limit in bytes, 0 = none
+	max          int           // whole-packet limit in bytes, 0 = none
+	writeTimeout time.Duration // bound of one write
 
 	// Fixed header being parsed.
 	hdr  [5]byte
@@ -53,8 +55,22 @@ type frameConn struct {
 	err  error  // framing violation; sticky
 }
 
-func newFrameConn(c net.Conn, maxPacket int) *frameConn {
-	return &frameConn{Conn: c, max: maxPacket}
+func newFrameConn(c net.Conn, maxPacket int, writeTimeout time.Duration) *frameConn {
+	if writeTimeout <= 0 {
+		writeTimeout = DefaultWriteTimeout
+	}
+	return &frameConn{Conn: c, max: maxPacket, writeTimeout: writeTimeout}
+}
+
+// DefaultWriteTimeout bounds one write. mochi sets no write deadline, so a
+// client that stops reading would otherwise block a DISCONNECT (at
+// shutdown or after a reload) for ever once its TCP window is full.
+const DefaultWriteTimeout = 15 * time.Second
+
+// Write writes under the write timeout.
+func (c *frameConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	return c.Conn.Write(p)
 }
 
 // Read hands on only bytes that belong to packets judged safe so far.

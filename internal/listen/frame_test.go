@@ -88,7 +88,7 @@ func TestFrameConnStreams(t *testing.T) {
 	for _, tc := range tests {
 		for _, chunk := range []int{1, 2, 3, 7, 64, 100000} {
 			for _, readSize := range []int{1, 5, 2048} {
-				fc := newFrameConn(&chunkConn{data: tc.stream, chunk: chunk}, tc.max)
+				fc := newFrameConn(&chunkConn{data: tc.stream, chunk: chunk}, tc.max, 0)
 				var got []byte
 				buf := make([]byte, readSize)
 				var err error
@@ -179,7 +179,7 @@ func FuzzFrameConnServer(f *testing.F) {
 		watchdog := time.AfterFunc(ioDeadline, func() { _ = cliSide.Close(); _ = srvSide.Close() })
 		defer watchdog.Stop()
 		done := make(chan error, 1)
-		go func() { done <- srv.EstablishConnection("fuzz", newFrameConn(srvSide, maxPacket)) }()
+		go func() { done <- srv.EstablishConnection("fuzz", newFrameConn(srvSide, maxPacket, 0)) }()
 
 		var wg sync.WaitGroup
 		acked := make(chan bool, 1)

@@ -76,6 +76,9 @@ type Options struct {
 	// ClientsConnected decrement and Listeners.ClientsWg.Done still run.
 	OnPanic func(remote string, conn net.Conn)
 
+	// WriteTimeout bounds one write to a client; 0 = DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
 	// Listener, when set, is used instead of opening Network/Address
 	// (socket activation, tests).
 	Listener net.Listener
@@ -251,7 +254,7 @@ func (l *Listener) wrapStream(c net.Conn) net.Conn {
 	if l.skipFrameCheck {
 		return c
 	}
-	return newFrameConn(c, l.o.MaxPacketSize)
+	return newFrameConn(c, l.o.MaxPacketSize, l.o.WriteTimeout)
 }
 
 // session runs one mochi session. A panic is contained to this client.

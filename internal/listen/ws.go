@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -125,7 +126,7 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var c net.Conn = &wsConn{ws: ws, nc: nc, remote: remote}
 	if !l.skipFrameCheck {
-		c = newFrameConn(c, l.o.MaxPacketSize)
+		c = newFrameConn(c, l.o.MaxPacketSize, l.o.WriteTimeout)
 	}
 	l.session(establish, c)
 }
@@ -174,10 +175,12 @@ type wsConn struct {
 	nc     net.Conn
 	remote net.Addr
 
-	r         io.Reader // current inbound message
-	wmu       sync.Mutex
-	closeOnce sync.Once
-	closeErr  error
+	r   io.Reader // current inbound message
+	wmu sync.Mutex
+	// writeDeadline is a time in Unix nanoseconds, 0 for none.
+	writeDeadline atomic.Int64
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 var _ net.Conn = (*wsConn)(nil)
@@ -209,6 +212,11 @@ func (c *wsConn) Read(p []byte) (int, error) {
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	var dl time.Time
+	if ns := c.writeDeadline.Load(); ns > 0 {
+		dl = time.Unix(0, ns)
+	}
+	_ = c.ws.SetWriteDeadline(dl)
 	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
@@ -225,8 +233,18 @@ func (c *wsConn) Close() error {
 	return c.closeErr
 }
 
-func (c *wsConn) LocalAddr() net.Addr                { return c.nc.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr               { return c.remote }
-func (c *wsConn) SetDeadline(t time.Time) error      { return c.nc.SetDeadline(t) }
-func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.nc.SetReadDeadline(t) }
-func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
+func (c *wsConn) LocalAddr() net.Addr  { return c.nc.LocalAddr() }
+func (c *wsConn) RemoteAddr() net.Addr { return c.remote }
+
+// gorilla applies its own (unsynchronised) write deadline to every frame,
+// so a write deadline is kept here and handed to gorilla under the write
+// lock.
+func (c *wsConn) SetDeadline(t time.Time) error {
+	c.writeDeadline.Store(t.UnixNano())
+	return c.nc.SetReadDeadline(t)
+}
+func (c *wsConn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+func (c *wsConn) SetWriteDeadline(t time.Time) error {
+	c.writeDeadline.Store(t.UnixNano())
+	return nil
+}
