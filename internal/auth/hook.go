@@ -102,7 +102,7 @@ func (h *Hook) ID() string { return "moat-auth" }
 func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish,
-		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill, mqtt.OnPacketRead:
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill, mqtt.OnPacketRead, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -289,13 +289,9 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	}
 	if isFilter(topic) {
-		if !sc.canSubscribe(&id.client, topic, p.StrictSubscribe) {
-			h.events.ACLDenied("subscribe")
-			// Home Assistant ignores SUBACK failures: say it here.
-			h.log.Info("subscription refused", "user", id.client.Username, "client", id.client.ClientID, "filter", topic)
-			return false
-		}
-		return true
+		// Refusals are counted and logged in OnSubscribed, which also
+		// sees literal filters.
+		return sc.canSubscribe(&id.client, topic, p.StrictSubscribe)
 	}
 	return sc.canRead(&id.client, topic)
 }
@@ -324,6 +320,19 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	}
 	_ = cl.WritePacket(ack)
 	return pk, nil
+}
+
+// OnSubscribed logs every refused filter: Home Assistant and others ignore
+// SUBACK failures, so the broker's log is where a refusal shows.
+func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	for i, code := range codes {
+		if code < 0x80 || i >= len(pk.Filters) {
+			continue
+		}
+		h.events.ACLDenied("subscribe")
+		h.log.Info("subscription refused", "user", string(cl.Properties.Username), "client", cl.ID,
+			"filter", pk.Filters[i].Filter, "code", code)
+	}
 }
 
 func isFilter(s string) bool {
