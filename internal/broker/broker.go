@@ -120,6 +120,9 @@ func New(o Options) (*Broker, error) {
 	if err := stopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
+	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
+		return nil, fmt.Errorf("subscription identifier hook: %w", err)
+	}
 	b.expiry = &retainedExpiry{srv: b.srv}
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
 		return nil, fmt.Errorf("expiry hook: %w", err)
