@@ -37,7 +37,8 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@# MQTT.js for the browser test, pinned by its package-lock.json.
-	@if [ -f internal/e2e/browser/package-lock.json ] && [ ! -d internal/e2e/browser/node_modules/mqtt ]; then \
+	@if [ -f internal/e2e/browser/package-lock.json ] && { [ ! -f internal/e2e/browser/node_modules/.package-lock.json ] || \
+		[ internal/e2e/browser/package-lock.json -nt internal/e2e/browser/node_modules/.package-lock.json ]; }; then \
 		cd internal/e2e/browser && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 
