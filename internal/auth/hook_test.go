@@ -1,0 +1,47 @@
+package auth
+
+import (
+	"log/slog"
+	"testing"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/moat-mqtt/moat/internal/acl"
+)
+
+// The per-delivery check runs for every message and subscriber: it must
+// not allocate.
+func TestDeliveryCheckDoesNotAllocate(t *testing.T) {
+	rules, _, err := acl.Parse("acl", []byte("pattern readwrite %u/#\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules}, StrictSubscribe: true}})
+	cl := srv.NewClient(nil, "l1", "client-1", false)
+	cl.Properties.Username = []byte("alice")
+	h.ids.Store(cl.ID, &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: cl.ID}, listener: "l1"})
+	for _, tc := range []struct {
+		topic string
+		want  bool
+	}{{"alice/sensors/temp", true}, {"bob/sensors/temp", false}, {"$SYS/broker/uptime", false}} {
+		if got := h.OnACLCheck(cl, tc.topic, false); got != tc.want {
+			t.Fatalf("OnACLCheck(%s) = %v", tc.topic, got)
+		}
+		if n := testing.AllocsPerRun(200, func() { h.OnACLCheck(cl, tc.topic, false) }); n != 0 {
+			t.Errorf("OnACLCheck(%s) allocates %.1f times per call", tc.topic, n)
+		}
+	}
+}
+
+func BenchmarkDeliveryCheck(b *testing.B) {
+	rules, _, _ := acl.Parse("acl", []byte("pattern readwrite %u/#\n"))
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules}}})
+	cl := srv.NewClient(nil, "l1", "client-1", false)
+	h.ids.Store(cl.ID, &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: cl.ID}, listener: "l1"})
+	b.ReportAllocs()
+	for b.Loop() {
+		h.OnACLCheck(cl, "alice/sensors/temp", false)
+	}
+}
