@@ -119,6 +119,15 @@ func TestACMEListenersOpenWhenReadyAndSwapWithoutDrops(t *testing.T) {
 	wssAddr := waitAddr(t, a.b, "wss:127.0.0.1:0", 5*time.Second)
 	t.Logf("TLS listeners open %s after the plain one", time.Since(start).Round(time.Millisecond))
 
+	// The certificate's expiry is exported as a metric.
+	deadline := time.Now().Add(10 * time.Second)
+	for certExpiryMetric(t, a.b) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if exp := certExpiryMetric(t, a.b); exp < float64(time.Now().Add(24*time.Hour).Unix()) {
+		t.Fatalf("moat_certificate_expiry_timestamp_seconds = %v", exp)
+	}
+
 	dialTLS := func() (net.Conn, error) { return tls.Dial("tcp", tlsAddr.String(), a.tlsConfig()) }
 	dialWSS := func() (net.Conn, error) { return wsDial("wss://"+wssAddr.String()+"/mqtt", a.tlsConfig()) }
 	tc := mqttDial(t, dialTLS)
@@ -173,6 +182,20 @@ func TestACMEListenersOpenWhenReadyAndSwapWithoutDrops(t *testing.T) {
 		// Connected clients never noticed.
 		exchange(round)
 	}
+}
+
+func certExpiryMetric(t *testing.T, b *broker.Broker) float64 {
+	t.Helper()
+	mfs, err := b.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "moat_certificate_expiry_timestamp_seconds" && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
 }
 
 // rawClient is a minimal MQTT 3.1.1 client over any net.Conn.

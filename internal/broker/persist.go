@@ -90,9 +90,10 @@ func scryptN(env func(string) string) int {
 func (p *persistence) open() error {
 	b := p.b
 	st, err := store.Open(store.Options{
-		Root:   p.root,
-		File:   b.cfg.Persistence.File,
-		Logger: b.log.With("component", "store"),
+		Root:     p.root,
+		File:     b.cfg.Persistence.File,
+		Logger:   b.log.With("component", "store"),
+		OnCommit: b.met.StoreCommit,
 	})
 	if err != nil {
 		return fmt.Errorf("persistence: %w", err)

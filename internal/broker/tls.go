@@ -145,6 +145,13 @@ func loadCAs(file, dir string) (*x509.CertPool, error) {
 // startCertLoops watches certificate files, runs the ACME manager, and
 // opens the ACME listeners once their certificate is ready.
 func (b *Broker) startCertLoops() {
+	if b.UsesTLS() {
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.certMetricsLoop()
+		}()
+	}
 	for _, f := range b.files {
 		b.wg.Add(1)
 		go func() {
@@ -185,6 +192,50 @@ func (b *Broker) openWhenReady() {
 		}
 		b.srv.Listeners.Serve(l.ID, b.srv.EstablishConnection)
 		b.log.Info("certificate ready: TLS listener open", "listener", l.ID)
+	}
+	b.updateCertMetrics()
+}
+
+// certMetricsLoop publishes the served certificates' expiry and the last
+// renewal error as metrics, now and every certReloadEvery.
+func (b *Broker) certMetricsLoop() {
+	t := time.NewTicker(certReloadEvery)
+	defer t.Stop()
+	for {
+		b.updateCertMetrics()
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (b *Broker) updateCertMetrics() {
+	for _, l := range b.cfg.Listeners {
+		if !l.TLS.Enabled() {
+			continue
+		}
+		get, err := b.certSource(l)
+		if err != nil {
+			continue
+		}
+		c, err := get(&tls.ClientHelloInfo{})
+		if err != nil {
+			continue
+		}
+		x, err := leaf(c)
+		if err != nil {
+			continue
+		}
+		name := x.Subject.CommonName
+		if len(x.DNSNames) > 0 {
+			name = x.DNSNames[0]
+		}
+		b.met.CertExpiry(name, x.NotAfter)
+	}
+	if b.acme != nil {
+		b.met.CertRenewalError(b.acme.Status().LastError != "")
 	}
 }
 

@@ -64,6 +64,8 @@ type Options struct {
 	// capped at 1s.
 	QoS0Flush time.Duration
 	Logger    *slog.Logger
+	// OnCommit, if set, is told how long each commit (write and fsync) took.
+	OnCommit func(time.Duration)
 
 	// beforeCommit lets tests make a commit fail as a disk error would.
 	beforeCommit func() error
@@ -114,6 +116,7 @@ type Store struct {
 	log          *slog.Logger
 	flush        time.Duration
 	beforeCommit func() error
+	onCommit     func(time.Duration)
 	srv          atomic.Pointer[mqtt.Server]
 	failed       atomic.Pointer[error]
 
@@ -165,6 +168,7 @@ func Open(o Options) (*Store, error) {
 		log:          o.Logger,
 		flush:        o.QoS0Flush,
 		beforeCommit: o.beforeCommit,
+		onCommit:     o.OnCommit,
 		cur:          newBatch(),
 		persisted:    map[string]struct{}{},
 		kick:         make(chan struct{}, 1),
@@ -333,7 +337,11 @@ func (s *Store) commitOpen() {
 	s.cur = newBatch()
 	s.mu.Unlock()
 	if len(b.ops) > 0 {
+		start := time.Now()
 		b.err = s.commit(b.ops)
+		if b.err == nil && s.onCommit != nil {
+			s.onCommit(time.Since(start))
+		}
 	}
 	close(b.done)
 }
