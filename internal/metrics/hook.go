@@ -43,7 +43,7 @@ func (h *Hook) ID() string { return "moat-metrics" }
 func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPacketRead,
-		mqtt.OnPacketSent, mqtt.OnSysInfoTick:
+		mqtt.OnPacketSent, mqtt.OnSysInfoTick, mqtt.OnPublishDropped:
 		return true
 	}
 	return false
@@ -93,6 +93,15 @@ func (h *Hook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Publish {
 		lm.messagesSent.Inc()
 	}
+}
+
+// OnPublishDropped counts a message mochi dropped because the subscriber's
+// outbound queue was full.
+func (h *Hook) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
+	if h.m == nil {
+		return
+	}
+	h.m.listener(cl.Net.Listener).messagesDropped.Inc()
 }
 
 // OnSysInfoTick refreshes the retained-message gauge.

@@ -24,6 +24,7 @@ type Metrics struct {
 	connections      *prometheus.GaugeVec
 	messagesReceived *prometheus.CounterVec
 	messagesSent     *prometheus.CounterVec
+	messagesDropped  *prometheus.CounterVec
 	bytesReceived    *prometheus.CounterVec
 	bytesSent        *prometheus.CounterVec
 	retained         prometheus.Gauge
@@ -47,6 +48,7 @@ type listenerMetrics struct {
 	connections      prometheus.Gauge
 	messagesReceived prometheus.Counter
 	messagesSent     prometheus.Counter
+	messagesDropped  prometheus.Counter
 	bytesReceived    prometheus.Counter
 	bytesSent        prometheus.Counter
 }
@@ -79,6 +81,10 @@ func New(reg prometheus.Registerer, listeners ...string) (*Metrics, error) {
 		messagesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "messages_sent_total",
 			Help: "PUBLISH packets sent to clients, by listener.",
+		}, byListener),
+		messagesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "messages_dropped_total",
+			Help: "Messages dropped because the subscriber's outbound queue was full (slow consumer), by the subscriber's listener.",
 		}, byListener),
 		bytesReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "bytes_received_total",
@@ -123,7 +129,7 @@ func New(reg prometheus.Registerer, listeners ...string) (*Metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.connections, m.messagesReceived, m.messagesSent, m.bytesReceived, m.bytesSent,
+		m.connections, m.messagesReceived, m.messagesSent, m.messagesDropped, m.bytesReceived, m.bytesSent,
 		m.retained, m.authFailures, m.aclDenied, m.bans, m.storeCommit, m.certExpiry,
 		m.certRenewalError, m.mounted,
 	} {
@@ -154,6 +160,7 @@ func (m *Metrics) listener(id string) *listenerMetrics {
 		connections:      m.connections.WithLabelValues(id),
 		messagesReceived: m.messagesReceived.WithLabelValues(id),
 		messagesSent:     m.messagesSent.WithLabelValues(id),
+		messagesDropped:  m.messagesDropped.WithLabelValues(id),
 		bytesReceived:    m.bytesReceived.WithLabelValues(id),
 		bytesSent:        m.bytesSent.WithLabelValues(id),
 	}

@@ -227,7 +227,7 @@ func TestNames(t *testing.T) {
 		names = append(names, mf.GetName())
 	}
 	// Only series with a value are gathered before any event.
-	want := "moat_bans_total moat_bytes_received_total moat_bytes_sent_total moat_certificate_renewal_error moat_connections moat_messages_received_total moat_messages_sent_total moat_persistence_mounted moat_retained_messages moat_store_commit_seconds"
+	want := "moat_bans_total moat_bytes_received_total moat_bytes_sent_total moat_certificate_renewal_error moat_connections moat_messages_dropped_total moat_messages_received_total moat_messages_sent_total moat_persistence_mounted moat_retained_messages moat_store_commit_seconds"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("metric names:\n got %s\nwant %s", got, want)
 	}
