@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +39,8 @@ type frameConn struct {
 	net.Conn
 	max          int           // whole-packet limit in bytes, 0 = none
 	writeTimeout time.Duration // bound of one write
+	readDL       atomic.Int64  // read deadline last set, Unix ns (0: none)
+	writeDL      atomic.Int64  // write deadline last set, Unix ns
 
 	// Fixed header being parsed.
 	hdr  [5]byte
@@ -67,10 +70,42 @@ func newFrameConn(c net.Conn, maxPacket int, writeTimeout time.Duration) *frameC
 // shutdown or after a reload) for ever once its TCP window is full.
 const DefaultWriteTimeout = 15 * time.Second
 
-// Write writes under the write timeout.
+// Write writes under the write timeout. Re-arming a deadline costs a
+// runtime timer update, so it is done only when less than half of the
+// timeout is left.
 func (c *frameConn) Write(p []byte) (int, error) {
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	now := time.Now()
+	if dl := c.writeDL.Load(); dl-now.UnixNano() < int64(c.writeTimeout/2) {
+		next := now.Add(c.writeTimeout)
+		c.writeDL.Store(next.UnixNano())
+		_ = c.Conn.SetWriteDeadline(next)
+	}
 	return c.Conn.Write(p)
+}
+
+// SetDeadline sets the read deadline only: mochi calls it with its
+// keepalive deadline on every packet, and write deadlines are the write
+// timeout's.
+func (c *frameConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadDeadline skips extensions of less than a second while more than
+// four seconds are left: mochi moves the deadline on every packet, and
+// each move is a runtime timer update. The deadline then falls at most a
+// second before the one asked for.
+func (c *frameConn) SetReadDeadline(t time.Time) error {
+	prev := c.readDL.Load()
+	if !t.IsZero() && prev != 0 {
+		ahead := t.UnixNano() - prev
+		if ahead >= 0 && ahead < int64(time.Second) && prev-time.Now().UnixNano() > int64(4*time.Second) {
+			return nil
+		}
+	}
+	if t.IsZero() {
+		c.readDL.Store(0)
+	} else {
+		c.readDL.Store(t.UnixNano())
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 // Read hands on only bytes that belong to packets judged safe so far.

@@ -1,6 +1,7 @@
 package listen
 
 import (
+	"net"
 	"strings"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -52,5 +53,51 @@ func TestStalledReaderDoesNotBlockClose(t *testing.T) {
 				t.Fatal("Close blocked on a client that does not read")
 			}
 		})
+	}
+}
+
+// countConn counts deadline updates reaching the socket.
+type countConn struct {
+	net.Conn
+	reads, writes int
+	last          time.Time
+}
+
+func (c *countConn) SetReadDeadline(t time.Time) error  { c.reads++; c.last = t; return nil }
+func (c *countConn) SetWriteDeadline(t time.Time) error { c.writes++; return nil }
+func (c *countConn) Write(p []byte) (int, error)        { return len(p), nil }
+
+func TestDeadlineUpdatesCoalesced(t *testing.T) {
+	cc := &countConn{}
+	c := newFrameConn(cc, 0, 10*time.Second)
+	now := time.Now()
+	steps := []struct {
+		t         time.Time
+		wantReads int
+	}{
+		{now.Add(90 * time.Second), 1},                      // first: set
+		{now.Add(90*time.Second + 100*time.Millisecond), 1}, // small extension, far away: skipped
+		{now.Add(92 * time.Second), 2},                      // over a second later: set
+		{now.Add(91 * time.Second), 3},                      // earlier: always set
+		{time.Time{}, 4},                                    // cleared: set
+		{now.Add(3 * time.Second), 5},                       // set
+		{now.Add(3*time.Second + 100*time.Millisecond), 6},  // less than 4 s left: always set
+	}
+	for i, s := range steps {
+		if err := c.SetDeadline(s.t); err != nil {
+			t.Fatal(err)
+		}
+		if cc.reads != s.wantReads {
+			t.Fatalf("step %d: %d read deadline updates, want %d", i, cc.reads, s.wantReads)
+		}
+	}
+	if !cc.last.Equal(steps[len(steps)-1].t) {
+		t.Fatalf("last deadline %v", cc.last)
+	}
+	for i := 0; i < 100; i++ {
+		c.Write([]byte("x"))
+	}
+	if cc.writes != 1 {
+		t.Fatalf("%d write deadline updates for 100 quick writes, want 1", cc.writes)
 	}
 }
