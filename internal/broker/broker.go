@@ -120,6 +120,11 @@ func New(o Options) (*Broker, error) {
 	if err := stopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
+	if cfg.Log.ConnectionMessages {
+		if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt")}, nil); err != nil {
+			return nil, fmt.Errorf("connection log hook: %w", err)
+		}
+	}
 	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
 	}
