@@ -477,6 +477,7 @@ func (b *bench) run(reps int, dur time.Duration, killSet, startSet int) error {
 			stop := make(chan struct{})
 			time.AfterFunc(1500*time.Millisecond, func() { br.stop(syscall.SIGKILL); close(stop) })
 			publish(br.addr(), "kill", 1000000, 20, 1, killSet/20, 0, 64, stop, acked, &amu)
+			<-stop // the publishers see the kill first; wait until gocryptfs has left too
 			if _, err := br.start(); err != nil {
 				return err
 			}
