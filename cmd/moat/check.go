@@ -71,9 +71,7 @@ func runCheckConfig(args []string, io stdio) int {
 			fmt.Fprint(w, ", no acl_file (every non-$ topic allowed)")
 		}
 		fmt.Fprintln(w)
-		for _, aw := range s.ACLWarnings {
-			cfg.Warnings = append(cfg.Warnings, aw)
-		}
+		cfg.Warnings = append(cfg.Warnings, s.Warnings...)
 	}
 	fmt.Fprintf(w, "subscriptions: strict %v\n", cfg.StrictSubscribe)
 	ps := cfg.Persistence

@@ -75,9 +75,14 @@ func New(o Options) (*Broker, error) {
 	if env == nil {
 		env = func(string) string { return "" }
 	}
-	policy, _, err := LoadPolicy(cfg)
+	policy, sums, err := LoadPolicy(cfg)
 	if err != nil {
 		return nil, err
+	}
+	for _, s := range sums {
+		for _, w := range s.Warnings {
+			log.Warn(w)
+		}
 	}
 	b := &Broker{cfg: cfg, log: log, env: env, files: map[string]*certs.FileSource{}, listeners: map[string]*listen.Listener{}}
 	b.ctx, b.cancel = context.WithCancel(context.Background())

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/moat-mqtt/moat/internal/acl"
 	"github.com/moat-mqtt/moat/internal/auth"
@@ -18,7 +19,8 @@ type ScopeSummary struct {
 	Users          int
 	ACLFile        string
 	ACL            acl.Stats
-	ACLWarnings    []string
+	// Warnings are non-fatal findings: ACL lines, file permissions.
+	Warnings []string
 }
 
 // LoadPolicy reads every password and ACL file the configuration names
@@ -65,6 +67,11 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 	sc := &auth.Scope{AllowAnonymous: s.AllowAnonymous}
 	sum := ScopeSummary{AllowAnonymous: s.AllowAnonymous, PasswordFile: s.PasswordFile, ACLFile: s.ACLFile}
 	var errs []error
+	for _, path := range []string{s.PasswordFile, s.ACLFile} {
+		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o004 != 0 {
+			sum.Warnings = append(sum.Warnings, fmt.Sprintf("%s is readable by every user on this host; chmod 600 it (or 640 with Moat's group)", path))
+		}
+	}
 	if s.PasswordFile != "" {
 		f, err := passwd.Load(s.PasswordFile)
 		if err != nil {
@@ -78,7 +85,8 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("acl_file (%s): %w", s.ACLFilePos, err))
 		} else {
-			sc.ACL, sum.ACL, sum.ACLWarnings = r, r.Stats(), warns
+			sc.ACL, sum.ACL = r, r.Stats()
+			sum.Warnings = append(sum.Warnings, warns...)
 		}
 	}
 	return sc, sum, errors.Join(errs...)
