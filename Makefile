@@ -27,6 +27,7 @@ $(BIN)/gocryptfs: go.mod go.sum
 FORCE:
 
 run: build
+	@chmod 600 sample/passwd # git does not keep the mode
 	$(BIN)/moat serve -c sample/moat.conf
 
 deps:
