@@ -282,8 +282,8 @@ func resolveMountPoint(dir string) (string, error) {
 		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
 	}
 	mnt := filepath.Join(realParent, filepath.Base(abs))
-	var st unix.Stat_t
-	switch err := unix.Lstat(mnt, &st); {
+	st, err := lstatTimeout(mnt, hungTimeout)
+	switch {
 	case errors.Is(err, unix.ENOENT):
 		if err := os.Mkdir(mnt, 0o700); err != nil {
 			return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
@@ -293,7 +293,7 @@ func resolveMountPoint(dir string) (string, error) {
 	case err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
 		return "", fmt.Errorf("%w: %s is not a directory", ErrMountPoint, mnt)
 	}
-	// Any other error (ENOTCONN: a dead mount) is handled by cleanStale.
+	// Any other error (ENOTCONN: a dead mount; errHung) is handled by cleanStale.
 	return mnt, nil
 }
 
@@ -749,7 +749,7 @@ func (m *Mount) stop(c *child) error {
 		// deriving the key or mounting. Kill it; a mount it left is dead
 		// and cleanStale removes it.
 		c.cmd.Process.Kill()
-		<-c.exited
+		m.reap(c)
 		return m.cleanStale()
 	}
 	var lastErr error
@@ -791,7 +791,7 @@ func (m *Mount) stop(c *child) error {
 	case <-c.exited:
 	case <-time.After(exitTimeout):
 		c.cmd.Process.Kill()
-		<-c.exited
+		m.reap(c)
 	}
 	if err := m.cleanStale(); err != nil {
 		return errors.Join(lastErr, err)
@@ -854,8 +854,17 @@ func (m *Mount) cleanStale() error {
 			return fmt.Errorf("%w: %v", ErrMountPoint, err)
 		}
 		top, mounted := topMount(entries, m.mountPoint)
-		var st unix.Stat_t
-		statErr := unix.Stat(m.mountPoint, &st)
+		statErr := statTimeout(m.mountPoint, hungTimeout)
+		if errors.Is(statErr, errHung) && mounted && strings.HasPrefix(top.FSType, "fuse") && attempt < 4 {
+			// Nobody answers on the FUSE connection (a gocryptfs killed
+			// while it held a file on its own mount hangs in exit): abort
+			// it, which turns it into a dead mount.
+			m.log.Warn("FUSE connection hangs; aborting it", "mountpoint", m.mountPoint)
+			if err := abortFUSE(top.Minor); err != nil {
+				return fmt.Errorf("%w: %s hangs and its FUSE connection could not be aborted: %v", ErrMountPoint, m.mountPoint, err)
+			}
+			continue
+		}
 		if !mounted {
 			if statErr != nil && !errors.Is(statErr, unix.ENOENT) {
 				return fmt.Errorf("%w: %s: %v", ErrMountPoint, m.mountPoint, statErr)
@@ -880,6 +889,88 @@ func (m *Mount) cleanStale() error {
 			}
 		}
 	}
+}
+
+// reap waits for a killed gocryptfs to exit. Killed at the wrong moment it
+// hangs in exit flushing a file on its own mount; aborting the FUSE
+// connection releases it.
+func (m *Mount) reap(c *child) {
+	select {
+	case <-c.exited:
+		return
+	case <-time.After(hungTimeout):
+	}
+	if entries, err := readMountinfo(); err == nil {
+		for _, e := range mountsAt(entries, m.mountPoint) {
+			if e.FSType == fstypeGocryptfs && e.Source == m.cipherDir {
+				m.log.Warn("killed gocryptfs hangs; aborting its FUSE connection", "mountpoint", m.mountPoint)
+				if err := abortFUSE(e.Minor); err != nil {
+					m.log.Error("aborting FUSE connection", "err", err)
+				}
+			}
+		}
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(exitTimeout):
+		m.log.Error("gocryptfs does not exit after SIGKILL", "pid", c.cmd.Process.Pid)
+	}
+}
+
+// hungTimeout is how long a stat of the mount point may take before the
+// FUSE connection counts as hung.
+const hungTimeout = 3 * time.Second
+
+var errHung = errors.New("no answer from the filesystem")
+
+// statTimeout stats path, giving up after d. A stat on a hung FUSE mount
+// blocks uninterruptibly; the goroutine then returns once the connection
+// is aborted.
+func statTimeout(path string, d time.Duration) error {
+	return withTimeout(d, func() error {
+		var st unix.Stat_t
+		return unix.Stat(path, &st)
+	})
+}
+
+func lstatTimeout(path string, d time.Duration) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	err := withTimeout(d, func() error {
+		var s unix.Stat_t
+		err := unix.Lstat(path, &s)
+		st = s
+		return err
+	})
+	if err != nil {
+		return unix.Stat_t{}, err
+	}
+	return st, nil
+}
+
+// withTimeout runs f, giving up after d with errHung.
+func withTimeout(d time.Duration, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		return errHung
+	}
+}
+
+const fusectlDir = "/sys/fs/fuse/connections"
+
+// abortFUSE aborts FUSE connection minor through fusectl, mounting fusectl
+// first if needed (it needs CAP_SYS_ADMIN; most systems mount it at boot).
+func abortFUSE(minor uint32) error {
+	p := filepath.Join(fusectlDir, strconv.FormatUint(uint64(minor), 10), "abort")
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		if err := unix.Mount("fusectl", fusectlDir, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount fusectl on %s: %w", fusectlDir, err)
+		}
+	}
+	return os.WriteFile(p, []byte("1"), 0)
 }
 
 // stderrLog forwards gocryptfs's stderr lines to the log and keeps a short

@@ -497,10 +497,15 @@ func TestStaleDeadMountCleanedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	mnt := filepath.Join(mustEvalSymlinks(filepath.Dir(o.MountPoint)), filepath.Base(o.MountPoint))
+	// Wait until it serves files: killed while still mounting, gocryptfs
+	// can hang (TestHungMountAbortedAtStart covers recovery).
 	poll(t, "manual gocryptfs mount", func() bool {
 		entries, _ := readMountinfo()
-		_, ok := topMount(entries, mnt)
-		return ok
+		if _, ok := topMount(entries, mnt); !ok {
+			return false
+		}
+		_, err := os.Stat(filepath.Join(mnt, sentinelName))
+		return err == nil
 	})
 	cmd.Process.Kill()
 	cmd.Wait()
@@ -814,5 +819,43 @@ func TestConcurrentCheckAndRemount(t *testing.T) {
 	<-done
 	if err := m.Check(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestHungMountAbortedAtStart leaves a mount whose gocryptfs no longer
+// answers (stopped here; killed mid-mount it hangs the same way): Start
+// must abort the FUSE connection instead of blocking on it.
+func TestHungMountAbortedAtStart(t *testing.T) {
+	o := testOptions(t)
+	m := start(t, o)
+	writeFile(t, m.Root(), "retained.db", []byte(testMarker))
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(o.Binary, "-fg", "-nosyslog", "-q", "--", o.CipherDir, o.MountPoint)
+	cmd.Stdin = strings.NewReader(testKey + "\n")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
+		cmd.Wait()
+	})
+	mnt := filepath.Join(mustEvalSymlinks(filepath.Dir(o.MountPoint)), filepath.Base(o.MountPoint))
+	poll(t, "manual gocryptfs mount", func() bool {
+		entries, _ := readMountinfo()
+		if _, ok := topMount(entries, mnt); !ok {
+			return false
+		}
+		_, err := os.Stat(filepath.Join(mnt, sentinelName))
+		return err == nil
+	})
+	if err := syscall.Kill(cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	m2 := start(t, o)
+	if got, err := m2.Root().ReadFile("retained.db"); err != nil || string(got) != testMarker {
+		t.Fatalf("%q, %v", got, err)
 	}
 }

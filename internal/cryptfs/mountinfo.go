@@ -15,6 +15,7 @@ import (
 type mountEntry struct {
 	ID         int
 	Parent     int
+	Minor      uint32 // device minor; names the FUSE connection in fusectl
 	MountPoint string
 	FSType     string
 	Source     string
@@ -58,6 +59,11 @@ func parseMountinfoLine(line string) (mountEntry, error) {
 	if err != nil || parent < 0 {
 		return mountEntry{}, fmt.Errorf("%w: parent id %q", errMountinfoLine, f[1])
 	}
+	_, minStr, ok := strings.Cut(f[2], ":")
+	minor, err := strconv.ParseUint(minStr, 10, 32)
+	if !ok || err != nil {
+		return mountEntry{}, fmt.Errorf("%w: device %q", errMountinfoLine, f[2])
+	}
 	mp, err := unescapeMountinfo(f[4])
 	if err != nil {
 		return mountEntry{}, fmt.Errorf("%w: mount point: %v", errMountinfoLine, err)
@@ -70,7 +76,7 @@ func parseMountinfoLine(line string) (mountEntry, error) {
 	if err != nil {
 		return mountEntry{}, fmt.Errorf("%w: source: %v", errMountinfoLine, err)
 	}
-	return mountEntry{ID: id, Parent: parent, MountPoint: mp, FSType: fstype, Source: src}, nil
+	return mountEntry{ID: id, Parent: parent, Minor: uint32(minor), MountPoint: mp, FSType: fstype, Source: src}, nil
 }
 
 // unescapeMountinfo undoes the kernel's mangling of space, tab, newline and

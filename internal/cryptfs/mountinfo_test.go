@@ -16,22 +16,22 @@ func TestParseMountinfoLine(t *testing.T) {
 		{
 			name: "proc(5) example",
 			line: `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue`,
-			want: mountEntry{ID: 36, Parent: 35, MountPoint: "/mnt2", FSType: "ext3", Source: "/dev/root"},
+			want: mountEntry{ID: 36, Parent: 35, Minor: 0, MountPoint: "/mnt2", FSType: "ext3", Source: "/dev/root"},
 		},
 		{
 			name: "gocryptfs, no optional fields",
 			line: `812 29 0:77 / /var/lib/moat/plain rw,nosuid,nodev,relatime - fuse.gocryptfs /var/lib/moat/cipher rw,user_id=0,group_id=0,max_read=1048576`,
-			want: mountEntry{ID: 812, Parent: 29, MountPoint: "/var/lib/moat/plain", FSType: "fuse.gocryptfs", Source: "/var/lib/moat/cipher"},
+			want: mountEntry{ID: 812, Parent: 29, Minor: 77, MountPoint: "/var/lib/moat/plain", FSType: "fuse.gocryptfs", Source: "/var/lib/moat/cipher"},
 		},
 		{
 			name: "several optional fields",
 			line: `1 0 0:1 / / rw shared:1 master:2 propagate_from:3 unbindable - rootfs rootfs rw`,
-			want: mountEntry{ID: 1, Parent: 0, MountPoint: "/", FSType: "rootfs", Source: "rootfs"},
+			want: mountEntry{ID: 1, Parent: 0, Minor: 1, MountPoint: "/", FSType: "rootfs", Source: "rootfs"},
 		},
 		{
 			name: "escaped space, tab, newline, backslash",
 			line: `90 29 0:50 / /tmp/a\040b\011c\012d\134e rw - fuse.gocryptfs /tmp/ci\040pher rw`,
-			want: mountEntry{ID: 90, Parent: 29, MountPoint: "/tmp/a b\tc\nd\\e", FSType: "fuse.gocryptfs", Source: "/tmp/ci pher"},
+			want: mountEntry{ID: 90, Parent: 29, Minor: 50, MountPoint: "/tmp/a b\tc\nd\\e", FSType: "fuse.gocryptfs", Source: "/tmp/ci pher"},
 		},
 		{name: "empty", line: "", wantErr: true},
 		{name: "too few fields", line: `36 35 98:0 /mnt1 /mnt2 rw - ext3`, wantErr: true},
@@ -39,6 +39,7 @@ func TestParseMountinfoLine(t *testing.T) {
 		{name: "separator at the end", line: `36 35 98:0 /mnt1 /mnt2 rw a b c - ext3`, wantErr: true},
 		{name: "bad id", line: `x 35 98:0 / /m rw - ext3 /dev/root rw`, wantErr: true},
 		{name: "negative parent", line: `1 -3 98:0 / /m rw - ext3 /dev/root rw`, wantErr: true},
+		{name: "bad device", line: `1 2 98 / /m rw - ext3 /dev/root rw`, wantErr: true},
 		{name: "truncated escape", line: `1 2 98:0 / /m\04 rw - ext3 /dev/root rw`, wantErr: true},
 		{name: "escape out of range", line: `1 2 98:0 / /m\777 rw - ext3 /dev/root rw`, wantErr: true},
 		{name: "non-octal escape", line: `1 2 98:0 / /m\09x rw - ext3 /dev/root rw`, wantErr: true},
@@ -127,7 +128,7 @@ func FuzzParseMountinfo(f *testing.F) {
 			if err != nil {
 				t.Fatalf("re-parse of %q: %v", line, err)
 			}
-			back.ID, back.Parent = e.ID, e.Parent
+			back.ID, back.Parent, back.Minor = e.ID, e.Parent, e.Minor
 			if back != e {
 				t.Fatalf("round trip: got %+v, want %+v", back, e)
 			}
