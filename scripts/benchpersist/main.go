@@ -34,7 +34,7 @@ func main() {
 	moat := flag.String("moat", "bin/moat", "moat binary")
 	gc := flag.String("gocryptfs", "bin/gocryptfs", "gocryptfs binary")
 	mosq := flag.String("mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
-	reps := flag.Int("reps", 3, "repetitions of each measurement (medians are printed)")
+	reps := flag.Int("reps", 2, "repetitions of each measurement (medians are printed)")
 	dur := flag.Duration("dur", 2*time.Second, "length of one rate run")
 	killSet := flag.Int("kill-set", 10000, "retained messages held when the broker is killed")
 	startSet := flag.Int("start-set", 100000, "retained messages loaded at start-up")
@@ -424,6 +424,9 @@ func median(xs []float64) float64 {
 	slices.Sort(s)
 	if len(s) == 0 {
 		return 0
+	}
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	return s[len(s)/2]
 }
