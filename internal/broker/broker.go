@@ -146,13 +146,17 @@ func New(o Options) (*Broker, error) {
 
 // capabilities maps the configuration onto mochi's capabilities, closing
 // mochi's unsafe defaults: unlimited packets, retained messages that expire
-// after a day, 64 KiB of outbound queue per client, topic aliases that
-// reach the ACL as "" (mochi never advertises them anyway).
+// after a day, topic aliases that reach the ACL as "" (mochi never
+// advertises them anyway). The outbound queue keeps mochi's 8192 entries:
+// mochi drops what does not fit, and a subscription's retained messages
+// all go through it at once (a Home Assistant discovery subscription can
+// match thousands). Its buffer is touched only as it fills, so idle
+// connections do not pay for it in memory.
 func capabilities(cfg *config.Config) *mqtt.Capabilities {
 	c := mqtt.NewDefaultServerCapabilities()
 	c.MaximumPacketSize = cfg.Limits.MaxPacketSize
 	c.MaximumMessageExpiryInterval = 0
-	c.MaximumClientWritesPending = 1024
+	c.MaximumClientWritesPending = 8192
 	c.TopicAliasMaximum = 0
 	c.MaximumQos = cfg.Limits.MaxQoS
 	if !cfg.Limits.RetainAvailable {
