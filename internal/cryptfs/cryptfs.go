@@ -847,7 +847,10 @@ func (m *Mount) unmount(lazy bool) error {
 // cleanStale removes dead gocryptfs mounts stacked on the mount point (a
 // crash leaves them behind; stat gives ENOTCONN). It refuses a live
 // gocryptfs mount (another process serves it) and any other filesystem.
+//
+// A live mount is given orphanWaits*orphanPoll to go away first.
 func (m *Mount) cleanStale() error {
+	liveWaits := 0
 	for attempt := 0; ; attempt++ {
 		entries, err := readMountinfo()
 		if err != nil {
@@ -876,6 +879,14 @@ func (m *Mount) cleanStale() error {
 				ErrMountPoint, m.mountPoint, top.FSType, top.Source)
 		}
 		if statErr == nil {
+			// A Moat killed just now leaves its gocryptfs unmounting
+			// itself (parent-death signal): give it a moment first.
+			if liveWaits < orphanWaits {
+				liveWaits++
+				attempt-- // waiting is not a cleaning attempt
+				time.Sleep(orphanPoll)
+				continue
+			}
 			return fmt.Errorf("%w: %s is already served by another gocryptfs process (of %s); is another Moat running?",
 				ErrMountPoint, m.mountPoint, top.Source)
 		}
@@ -890,6 +901,11 @@ func (m *Mount) cleanStale() error {
 		}
 	}
 }
+
+const (
+	orphanWaits = 25
+	orphanPoll  = 200 * time.Millisecond
+)
 
 // reap waits for a killed gocryptfs to exit. Killed at the wrong moment it
 // hangs in exit flushing a file on its own mount; aborting the FUSE

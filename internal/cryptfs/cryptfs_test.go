@@ -540,6 +540,25 @@ func TestLiveForeignMountRefused(t *testing.T) {
 	}
 }
 
+// A Moat restarted right after a kill -9 finds its old gocryptfs still
+// unmounting itself; Start waits for it instead of refusing.
+func TestStartWaitsForAnUnmountingMount(t *testing.T) {
+	o := testOptions(t)
+	m := start(t, o)
+	go func() {
+		time.Sleep(time.Second)
+		_ = m.Close()
+	}()
+	m2, err := Start(testContext(t), o)
+	if err != nil {
+		t.Fatalf("Start while the old mount goes away: %v", err)
+	}
+	defer m2.Close()
+	if err := m2.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCloseRetriesWhileBusy(t *testing.T) {
 	o := testOptions(t)
 	m := start(t, o)
