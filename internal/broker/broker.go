@@ -130,6 +130,9 @@ func New(o Options) (*Broker, error) {
 			return nil, fmt.Errorf("connection log hook: %w", err)
 		}
 	}
+	if err := b.srv.AddHook(&packetIDs{}, nil); err != nil {
+		return nil, fmt.Errorf("packet id hook: %w", err)
+	}
 	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
 	}
