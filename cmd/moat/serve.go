@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -34,7 +35,15 @@ func newFlags(name string, io stdio) *flag.FlagSet {
 	return fs
 }
 
+// gcPercent trades memory for CPU: a broker's live heap is small and its
+// garbage (mochi copies each packet per subscriber) is large. Measured on
+// QoS 0 fan-in: about a third more messages per CPU-second than GOGC=100.
+const gcPercent = 300
+
 func runServe(args []string, io stdio) int {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	fs := newFlags("serve", io)
 	path := fs.String("c", "", "configuration file (mosquitto.conf syntax); default: local-only on 127.0.0.1:1883")
 	if err := fs.Parse(args); err != nil {
