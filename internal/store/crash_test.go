@@ -76,10 +76,10 @@ func TestCrashKill9(t *testing.T) {
 				t.Errorf("publisher %d: %v", p, err)
 				return
 			}
-			defer c.close()
+			defer c.Close()
 			for v := 1; ; v++ {
 				i := v % topicsEach
-				if err := c.publishQoS1(fmt.Sprintf("storm/%d/%d", p, i), []byte(strconv.Itoa(v)), true); err != nil {
+				if err := publishQoS1(c, fmt.Sprintf("storm/%d/%d", p, i), []byte(strconv.Itoa(v)), true); err != nil {
 					return // the broker died
 				}
 				acked[p][i] = v

@@ -1,12 +1,9 @@
 package store
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,6 +14,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // allowHook lets every client in (mochi's auth.AllowHook pulls in a YAML
@@ -174,120 +173,32 @@ func (c *v5client) next(t testing.TB) *paho.Publish {
 	}
 }
 
-// raw MQTT 3.1.1 client built on mochi's packet codecs
-
-type rawClient struct {
-	conn net.Conn
-	r    *bufio.Reader
-	pid  uint16
-}
-
-func dialRaw(addr, id string, clean bool) (*rawClient, error) {
-	conn, err := net.DialTimeout("tcp", addr, testDeadline)
+// dialRaw connects an MQTT 3.1.1 client and requires the CONNACK to accept it.
+func dialRaw(addr, id string, clean bool) (*mqtttest.Client, error) {
+	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: id, Persistent: !clean, KeepAlive: 60, Timeout: testDeadline})
 	if err != nil {
 		return nil, err
 	}
-	c := &rawClient{conn: conn, r: bufio.NewReader(conn)}
-	err = c.send(packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 4,
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"),
-			Clean:        clean, ClientIdentifier: id, Keepalive: 60,
-		},
-	})
-	if err == nil {
-		var pk packets.Packet
-		if pk, err = c.read(); err == nil && (pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0) {
-			err = fmt.Errorf("connack: type %d code %d", pk.FixedHeader.Type, pk.ReasonCode)
-		}
-	}
-	if err != nil {
-		conn.Close()
-		return nil, err
+	if ack.ReasonCode != 0 {
+		c.Close()
+		return nil, fmt.Errorf("connack: code %d", ack.ReasonCode)
 	}
 	return c, nil
 }
 
-func (c *rawClient) close() { c.conn.Close() }
-
-func (c *rawClient) send(pk packets.Packet) error {
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	default:
-		err = fmt.Errorf("raw client cannot send type %d", pk.FixedHeader.Type)
+// publishQoS1 sends a QoS 1 publish and reports whether the next packet
+// acknowledged it.
+func publishQoS1(c *mqtttest.Client, topic string, payload []byte, retain bool) error {
+	id := c.NextID()
+	if err := c.SendPublish(topic, payload, 1, retain, id); err != nil {
+		return err
 	}
+	pk, err := c.Next(testDeadline)
 	if err != nil {
 		return err
 	}
-	c.conn.SetWriteDeadline(time.Now().Add(testDeadline))
-	_, err = c.conn.Write(buf.Bytes())
-	return err
-}
-
-func (c *rawClient) read() (packets.Packet, error) {
-	c.conn.SetReadDeadline(time.Now().Add(testDeadline))
-	pk := packets.Packet{ProtocolVersion: 4}
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	}
-	return pk, err
-}
-
-// publishQoS1 sends a QoS 1 publish and reports whether it was acknowledged.
-func (c *rawClient) publishQoS1(topic string, payload []byte, retain bool) error {
-	c.pid++
-	if c.pid == 0 {
-		c.pid = 1
-	}
-	err := c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: retain},
-		TopicName:   topic, PacketID: c.pid, Payload: payload,
-	})
-	if err != nil {
-		return err
-	}
-	pk, err := c.read()
-	if err != nil {
-		return err
-	}
-	if pk.FixedHeader.Type != packets.Puback || pk.PacketID != c.pid {
-		return fmt.Errorf("expected PUBACK %d, got type %d id %d", c.pid, pk.FixedHeader.Type, pk.PacketID)
+	if pk.FixedHeader.Type != packets.Puback || pk.PacketID != id {
+		return fmt.Errorf("expected PUBACK %d, got type %d id %d", id, pk.FixedHeader.Type, pk.PacketID)
 	}
 	return nil
 }

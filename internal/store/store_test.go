@@ -86,9 +86,9 @@ func TestLatestValueWinsUnderConcurrency(t *testing.T) {
 				errs <- err
 				return
 			}
-			defer c.close()
+			defer c.Close()
 			for i := range perWriter {
-				if err := c.publishQoS1(topics[i%len(topics)], fmt.Appendf(nil, "w%d-%d", w, i), true); err != nil {
+				if err := publishQoS1(c, topics[i%len(topics)], fmt.Appendf(nil, "w%d-%d", w, i), true); err != nil {
 					errs <- err
 					return
 				}
@@ -144,8 +144,8 @@ func TestFailedWriteIsNotAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v3.close()
-	if err := v3.publishQoS1("ok/v3", []byte("saved"), true); err != nil {
+	defer v3.Close()
+	if err := publishQoS1(v3, "ok/v3", []byte("saved"), true); err != nil {
 		t.Fatal(err)
 	}
 	if st.Healthy() != nil {
@@ -161,7 +161,7 @@ func TestFailedWriteIsNotAcknowledged(t *testing.T) {
 	if st.Healthy() == nil {
 		t.Fatal("store still healthy after a failed write")
 	}
-	if err := v3.publishQoS1("bad/v3", []byte("lost"), true); err == nil {
+	if err := publishQoS1(v3, "bad/v3", []byte("lost"), true); err == nil {
 		t.Fatal("v3 in-flight retained publish acknowledged after a failed write")
 	}
 
@@ -180,11 +180,11 @@ func TestFailedWriteIsNotAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v3b.close()
-	if err := v3b.publishQoS1("plain", []byte("not retained"), false); err != nil {
+	defer v3b.Close()
+	if err := publishQoS1(v3b, "plain", []byte("not retained"), false); err != nil {
 		t.Fatalf("v3 non-retained publish refused: %v", err)
 	}
-	if err := v3b.publishQoS1("bad/v3b", []byte("lost"), true); err == nil {
+	if err := publishQoS1(v3b, "bad/v3b", []byte("lost"), true); err == nil {
 		t.Fatal("v3 retained publish acknowledged by an unhealthy store")
 	}
 
@@ -216,14 +216,14 @@ func TestSessionSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := v3sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+	if err := v3sub.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: "q/#", Qos: 1}}}); err != nil {
 		t.Fatal(err)
 	}
-	if pk, err := v3sub.read(); err != nil || pk.FixedHeader.Type != packets.Suback {
+	if pk, err := v3sub.Next(testDeadline); err != nil || pk.FixedHeader.Type != packets.Suback {
 		t.Fatalf("suback: %v %v", pk.FixedHeader.Type, err)
 	}
-	v3sub.close()
+	v3sub.Close()
 	waitFor(t, "v3 subscriber offline", func() bool {
 		cl, ok := b.srv.Clients.Get("v3sub")
 		return ok && cl.Closed()
@@ -275,17 +275,17 @@ func TestSessionSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v3sub.close()
+	defer v3sub.Close()
 	seen := 0
 	for seen < 4 {
-		pk, err := v3sub.read()
+		pk, err := v3sub.Next(testDeadline)
 		if err != nil {
 			t.Fatalf("v3 session: %v after %d messages", err, seen)
 		}
 		if pk.FixedHeader.Type == packets.Publish {
 			seen++
 			if pk.FixedHeader.Qos == 1 {
-				v3sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+				v3sub.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 			}
 		}
 	}
@@ -304,7 +304,7 @@ func TestCleanSessionNotStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v3.close()
+	v3.Close()
 	b.stop(t)
 	b = startBroker(t, openStore(t, dir, Options{}))
 	if b.stats.Clients != 0 || b.stats.Subscriptions != 0 {
