@@ -200,12 +200,12 @@ func haChromium(t *testing.T, chromium, spki, pageURL string) string {
 		// Trust exactly the test certificate, not every certificate.
 		args = append(args, "--ignore-certificate-errors-spki-list="+spki)
 	}
-	out, stderr, err := haRun(t, 60*time.Second, nil, chromium, append(args, "--dump-dom", pageURL)...)
+	out, stderr, err := RunCommand(t, 60*time.Second, nil, chromium, append(args, "--dump-dom", pageURL)...)
 	if err != nil {
-		t.Fatalf("chromium: %v\nstdout:\n%s\nstderr:\n%s", err, out, haTail(stderr, 4000))
+		t.Fatalf("chromium: %v\nstdout:\n%s\nstderr:\n%s", err, out, tailBytes(stderr, 4000))
 	}
 	if t.Failed() || testing.Verbose() {
-		t.Logf("chromium stderr:\n%s", haTail(stderr, 2000))
+		t.Logf("chromium stderr:\n%s", tailBytes(stderr, 2000))
 	}
 	return string(out)
 }
@@ -219,7 +219,7 @@ func TestBrowserMQTTjsOverWSS(t *testing.T) {
 	if _, err := os.Stat(chromium); err != nil {
 		testenv.Missing(t, "chromium", "apt-get install chromium")
 	}
-	root := haModuleRoot(t)
+	root := RepoRoot(t)
 	bundle, err := os.ReadFile(filepath.Join(root, "internal/e2e/browser/node_modules/mqtt/dist/mqtt.min.js"))
 	if err != nil {
 		testenv.Missing(t, "MQTT.js", "make test installs it (npm ci in internal/e2e/browser)")
@@ -234,9 +234,9 @@ func TestBrowserMQTTjsOverWSS(t *testing.T) {
 
 	dir := t.TempDir()
 	certFile, keyFile, _, pool, spki := haTestCert(t, dir)
-	haCopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
-	haCopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
-	mqttPort, wssPort := haFreePort(t), haFreePort(t)
+	CopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
+	CopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
+	mqttPort, wssPort := FreePort(t), FreePort(t)
 	conf := fmt.Sprintf(`allow_anonymous false
 password_file %s
 acl_file %s
@@ -252,7 +252,9 @@ certfile %s
 keyfile %s
 websockets_origin %s
 `, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), mqttPort, wssPort, certFile, keyFile, allowed.URL)
-	moat := haStartMoat(t, dir, conf, haAddr(mqttPort), haAddr(wssPort))
+	moat := StartMoat(t, WriteConfig(t, dir, conf))
+	moat.WaitTCP(Loopback(mqttPort), 30*time.Second)
+	moat.WaitTCP(Loopback(wssPort), 30*time.Second)
 	wssURL := fmt.Sprintf("wss://127.0.0.1:%d/", wssPort)
 	const user, pass = "alice", "alice-demo-pike-15"
 
@@ -290,7 +292,7 @@ websockets_origin %s
 	topic := "alice/browser/" + fmt.Sprint(time.Now().UnixNano())
 	greeting, reply := "hello browser from paho", "hello Moat from MQTT.js"
 	replies := make(chan string, 4)
-	opts := paho.NewClientOptions().AddBroker("tcp://" + haAddr(mqttPort)).
+	opts := paho.NewClientOptions().AddBroker("tcp://" + Loopback(mqttPort)).
 		SetClientID("alice-go").SetUsername(user).SetPassword(pass).
 		SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second)
 	gc := paho.NewClient(opts)
@@ -367,7 +369,7 @@ websockets_origin %s
 		}
 	})
 
-	if strings.Contains(moat.log.String(), pass) {
+	if strings.Contains(moat.Output(), pass) {
 		t.Error("Moat's log holds the password")
 	}
 }

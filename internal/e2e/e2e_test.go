@@ -1,12 +1,10 @@
 package e2e
 
 // Shared helpers: find or build the binaries, write configurations, run
-// `moat serve -c` with every byte of its output captured, and a small raw
-// MQTT client (mochi's packets package) that shows the exact bytes a
-// broker answers with.
+// `moat serve -c` with every byte of its output captured, and run other
+// programs with a deadline. The raw MQTT client is internal/mqtttest.
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -25,8 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
-
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 	"github.com/moat-mqtt/moat/internal/testenv"
 )
 
@@ -500,202 +497,70 @@ func ChildPIDs(t testing.TB, pid int) map[int]string {
 	return out
 }
 
-// Client is a raw MQTT client speaking through mochi's packet codec.
-type Client struct {
-	conn    net.Conn
-	br      *bufio.Reader
-	Version byte // 4 = 3.1.1, 5 = MQTT 5
-	wmu     sync.Mutex
-}
-
-// ConnectOptions configure Dial.
-type ConnectOptions struct {
-	ClientID      string
-	Version       byte // 4 or 5; default 5
-	Clean         bool
-	SessionExpiry uint32 // MQTT 5 session expiry interval, seconds
-	Username      string
-	Password      string
-	KeepAlive     uint16 // default 60
-}
-
-// Dial connects and returns the client with its CONNACK. An error means
-// the connection failed or the CONNACK never came; a refused CONNACK is
-// returned with the client for the caller to judge.
-func Dial(addr string, o ConnectOptions) (*Client, packets.Packet, error) {
+// mqttOptions fills the defaults of the tests' raw clients: MQTT 5, keep
+// alive 60 s.
+func mqttOptions(o mqtttest.Options) mqtttest.Options {
 	if o.Version == 0 {
 		o.Version = 5
 	}
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 60
 	}
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return nil, packets.Packet{}, err
-	}
-	c := &Client{conn: conn, br: bufio.NewReaderSize(conn, 64<<10), Version: o.Version}
-	pk := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: o.Version,
-		Connect: packets.ConnectParams{
-			ProtocolName:     []byte("MQTT"),
-			ClientIdentifier: o.ClientID,
-			Clean:            o.Clean,
-			Keepalive:        o.KeepAlive,
-		},
-	}
-	if o.Username != "" {
-		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(o.Username)
-	}
-	if o.Password != "" {
-		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(o.Password)
-	}
-	if o.Version == 5 {
-		pk.Properties.SessionExpiryInterval = o.SessionExpiry
-		pk.Properties.SessionExpiryIntervalFlag = o.SessionExpiry > 0
-	}
-	if err := c.Write(pk); err != nil {
-		conn.Close()
-		return nil, packets.Packet{}, err
-	}
-	ack, err := c.Read(10 * time.Second)
-	if err != nil {
-		conn.Close()
-		return nil, packets.Packet{}, fmt.Errorf("waiting for CONNACK: %w", err)
-	}
-	if ack.FixedHeader.Type != packets.Connack {
-		conn.Close()
-		return nil, ack, fmt.Errorf("got packet type %d instead of CONNACK", ack.FixedHeader.Type)
-	}
-	return c, ack, nil
+	return o
 }
 
-// Close closes the connection without DISCONNECT.
-func (c *Client) Close() error { return c.conn.Close() }
-
-// Disconnect sends DISCONNECT (reason 0) and closes.
-func (c *Client) Disconnect() error {
-	err := c.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
-	c.conn.Close()
-	return err
-}
-
-// Write encodes and sends one packet; ProtocolVersion is filled in.
-func (c *Client) Write(pk packets.Packet) error {
-	pk.ProtocolVersion = c.Version
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubrel:
-		pk.FixedHeader.Qos = 1
-		err = pk.PubrelEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	case packets.Unsubscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		err = fmt.Errorf("client cannot send packet type %d", pk.FixedHeader.Type)
-	}
+// CopyFile copies a file with the given mode.
+func CopyFile(t testing.TB, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err = c.conn.Write(buf.Bytes())
-	return err
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
+	}
 }
 
-// Publish sends a PUBLISH (id is ignored at QoS 0).
-func (c *Client) Publish(topic string, payload []byte, qos byte, retain bool, id uint16) error {
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain},
-		TopicName:   topic,
-		Payload:     payload,
+// Loopback is 127.0.0.1:port.
+func Loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// RunCommand runs a command with a deadline and returns its stdout and
+// stderr. The whole process group is killed when it ends or the deadline
+// passes, so a browser leaves no children behind.
+func RunCommand(t testing.TB, timeout time.Duration, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	if qos > 0 {
-		pk.PacketID = id
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
 	}
-	return c.Write(pk)
+	pgid := cmd.Process.Pid
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(timeout):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+		err = fmt.Errorf("%s: no result after %s", filepath.Base(name), timeout)
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = fmt.Errorf("%s exited with %d", filepath.Base(name), ee.ExitCode())
+	}
+	return out.Bytes(), errb.Bytes(), err
 }
 
-// Subscribe sends a SUBSCRIBE for the filters at qos; the SUBACK arrives
-// through Read.
-func (c *Client) Subscribe(id uint16, qos byte, filters ...string) error {
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: id}
-	for _, f := range filters {
-		pk.Filters = append(pk.Filters, packets.Subscription{Filter: f, Qos: qos})
+// tailBytes is the last n bytes of b.
+func tailBytes(b []byte, n int) string {
+	if len(b) > n {
+		return "…" + string(b[len(b)-n:])
 	}
-	return c.Write(pk)
-}
-
-// ErrTimeout is returned by Read when nothing arrived in time.
-var ErrTimeout = errors.New("read timeout")
-
-// Read returns the next packet. After ErrTimeout the client should be
-// closed: a packet may have been cut in the middle.
-func (c *Client) Read(timeout time.Duration) (packets.Packet, error) {
-	c.conn.SetReadDeadline(time.Now().Add(timeout))
-	hb, err := c.br.ReadByte()
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return packets.Packet{}, ErrTimeout
-		}
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{ProtocolVersion: c.Version}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.br)
-	if err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining = n
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.br, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(body)
-	case packets.Pingresp:
-		err = pk.PingrespDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	default:
-		err = fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
-	}
-	return pk, err
+	return string(b)
 }

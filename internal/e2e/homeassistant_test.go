@@ -40,7 +40,7 @@ func haPython(t *testing.T) string {
 		cands = append(cands, p)
 	}
 	for _, py := range cands {
-		if _, _, err := haRun(t, 30*time.Second, nil, py, "-c", "import paho.mqtt.client"); err == nil {
+		if _, _, err := RunCommand(t, 30*time.Second, nil, py, "-c", "import paho.mqtt.client"); err == nil {
 			return py
 		}
 	}
@@ -127,12 +127,12 @@ const (
 // Assistant uses, imitating Home Assistant and the programs around it.
 func TestHomeAssistantHouse(t *testing.T) {
 	py := haPython(t)
-	root := haModuleRoot(t)
+	root := RepoRoot(t)
 	dir := t.TempDir()
-	haCopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
-	haCopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
+	CopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
+	CopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
 	certFile, keyFile, caFile, _, _ := haTestCert(t, dir)
-	port, wssPort := haFreePort(t), haFreePort(t)
+	port, wssPort := FreePort(t), FreePort(t)
 	conf := fmt.Sprintf(`allow_anonymous false
 password_file %s
 acl_file %s
@@ -148,7 +148,9 @@ protocol websockets
 certfile %s
 keyfile %s
 `, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), port, wssPort, certFile, keyFile)
-	moat := haStartMoat(t, dir, conf, haAddr(port), haAddr(wssPort))
+	moat := StartMoat(t, WriteConfig(t, dir, conf))
+	moat.WaitTCP(Loopback(port), 30*time.Second)
+	moat.WaitTCP(Loopback(wssPort), 30*time.Second)
 
 	in, err := json.Marshal(map[string]any{
 		"host": "127.0.0.1", "port": port, "wss_port": wssPort, "ca_file": caFile,
@@ -158,9 +160,9 @@ keyfile %s
 		t.Fatal(err)
 	}
 	start := time.Now()
-	out, stderr, err := haRun(t, 90*time.Second, in, py, filepath.Join(root, "internal/e2e/testdata/homeassistant_house.py"))
+	out, stderr, err := RunCommand(t, 90*time.Second, in, py, filepath.Join(root, "internal/e2e/testdata/homeassistant_house.py"))
 	if err != nil {
-		t.Fatalf("python: %v\nstdout:\n%s\nstderr:\n%s", err, out, haTail(stderr, 4000))
+		t.Fatalf("python: %v\nstdout:\n%s\nstderr:\n%s", err, out, tailBytes(stderr, 4000))
 	}
 	t.Logf("house script ran in %s", time.Since(start).Round(time.Millisecond))
 	var r haReport
@@ -173,7 +175,7 @@ keyfile %s
 	var all map[string]any
 	_ = json.Unmarshal(out, &all)
 	if r.Error != "" {
-		t.Fatalf("script failed:\n%s\nstderr:\n%s", r.Error, haTail(stderr, 4000))
+		t.Fatalf("script failed:\n%s\nstderr:\n%s", r.Error, tailBytes(stderr, 4000))
 	}
 	t.Logf("paho-mqtt %s (callback API %d)", r.Paho, r.CallbackAPI)
 
@@ -306,7 +308,7 @@ keyfile %s
 	})
 
 	t.Run("log", func(t *testing.T) {
-		log := moat.log.String()
+		log := moat.Output()
 		refused := haRefusedFilters(log)
 		for _, f := range haRefusedWildcards {
 			// Once per Home Assistant connection: the start and the restart.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 	"github.com/moat-mqtt/moat/internal/testenv"
 )
 
@@ -116,9 +117,9 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func dial(t testing.TB, addr string, o ConnectOptions) *Client {
+func dial(t testing.TB, addr string, o mqtttest.Options) *mqtttest.Client {
 	t.Helper()
-	c, ack, err := Dial(addr, o)
+	c, ack, err := mqtttest.Dial(addr, mqttOptions(o))
 	if err != nil {
 		t.Fatalf("connect %s as %q: %v", addr, o.ClientID, err)
 	}
@@ -131,9 +132,9 @@ func dial(t testing.TB, addr string, o ConnectOptions) *Client {
 }
 
 // expect reads until a packet of type typ arrives; other packets fail the test.
-func expect(t testing.TB, c *Client, typ byte) packets.Packet {
+func expect(t testing.TB, c *mqtttest.Client, typ byte) packets.Packet {
 	t.Helper()
-	pk, err := c.Read(15 * time.Second)
+	pk, err := c.Next(15 * time.Second)
 	if err != nil {
 		t.Fatalf("waiting for packet type %d: %v", typ, err)
 	}
@@ -144,9 +145,9 @@ func expect(t testing.TB, c *Client, typ byte) packets.Packet {
 }
 
 // publishQoS1 publishes and returns the PUBACK's reason code.
-func publishQoS1(t testing.TB, c *Client, topic string, payload []byte, retain bool, id uint16) byte {
+func publishQoS1(t testing.TB, c *mqtttest.Client, topic string, payload []byte, retain bool, id uint16) byte {
 	t.Helper()
-	if err := c.Publish(topic, payload, 1, retain, id); err != nil {
+	if err := c.SendPublish(topic, payload, 1, retain, id); err != nil {
 		t.Fatalf("publish %s: %v", topic, err)
 	}
 	ack := expect(t, c, packets.Puback)
@@ -170,13 +171,13 @@ func collectRetained(t testing.TB, addr, filter string, n int) map[string][]byte
 // not fit, so a big set is fetched in parts.
 func collectStaged(t testing.TB, addr string, filters []string, after []int, n int) map[string][]byte {
 	t.Helper()
-	c := dial(t, addr, ConnectOptions{ClientID: "collect-" + randHex(4), Clean: true})
+	c := dial(t, addr, mqtttest.Options{ClientID: "collect-" + randHex(4)})
 	defer c.Disconnect()
 	got := map[string][]byte{}
 	next, subacks := 0, 0
 	for {
 		if next < len(filters) && (next == 0 || len(got) >= after[next-1]) {
-			if err := c.Subscribe(uint16(next+1), 0, filters[next]); err != nil {
+			if err := c.SendSubscribe(uint16(next+1), 0, filters[next]); err != nil {
 				t.Fatal(err)
 			}
 			next++
@@ -184,7 +185,7 @@ func collectStaged(t testing.TB, addr string, filters []string, after []int, n i
 		if subacks == len(filters) && len(got) >= n {
 			return got
 		}
-		pk, err := c.Read(20 * time.Second)
+		pk, err := c.Next(20 * time.Second)
 		if err != nil {
 			t.Fatalf("after %d of %d retained messages (%d of %d filters subscribed): %v", len(got), n, next, len(filters), err)
 		}
@@ -308,7 +309,7 @@ func storm(t *testing.T, addr, prefix string, publishers, topics, window int, st
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for p := range publishers {
-		c := dial(t, addr, ConnectOptions{ClientID: fmt.Sprintf("%s-pub-%d", prefix, p), Clean: true})
+		c := dial(t, addr, mqtttest.Options{ClientID: fmt.Sprintf("%s-pub-%d", prefix, p)})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -324,7 +325,7 @@ func storm(t *testing.T, addr, prefix string, publishers, topics, window int, st
 			go func() {
 				defer close(readerDone)
 				for {
-					pk, err := c.Read(30 * time.Second)
+					pk, err := c.Next(30 * time.Second)
 					if err != nil {
 						return
 					}
@@ -372,7 +373,7 @@ func storm(t *testing.T, addr, prefix string, publishers, topics, window int, st
 				mu.Lock()
 				res.sent[topic] = seq
 				mu.Unlock()
-				if err := c.Publish(topic, []byte(strconv.Itoa(seq)), 1, true, id); err != nil {
+				if err := c.SendPublish(topic, []byte(strconv.Itoa(seq)), 1, true, id); err != nil {
 					<-readerDone
 					return
 				}
@@ -497,12 +498,12 @@ func TestPersistNoPlaintext(t *testing.T) {
 
 	// A persistent session subscribed to a marked filter, offline, with a
 	// queued marked message.
-	sub := dial(t, e.addr, ConnectOptions{ClientID: "sess-" + topicMark, SessionExpiry: 3600, Clean: true})
-	sub.Subscribe(1, 1, "q/"+topicMark+"/#")
+	sub := dial(t, e.addr, mqtttest.Options{ClientID: "sess-" + topicMark, SessionExpiry: 3600})
+	sub.SendSubscribe(1, 1, "q/"+topicMark+"/#")
 	expect(t, sub, packets.Suback)
 	sub.Disconnect()
 
-	pub := dial(t, e.addr, ConnectOptions{ClientID: "pub", Clean: true})
+	pub := dial(t, e.addr, mqtttest.Options{ClientID: "pub"})
 	for i := range 20 {
 		topic := fmt.Sprintf("r/%s/%d", topicMark, i)
 		if rc := publishQoS1(t, pub, topic, []byte(payloadMark+" value "+strconv.Itoa(i)), true, uint16(i+1)); rc != 0 {
@@ -557,7 +558,7 @@ func TestPersistMountDeath(t *testing.T) {
 	}
 	gc := gocryptfsChild(t, m)
 
-	pub := dial(t, e.addr, ConnectOptions{ClientID: "md-pub", Clean: true})
+	pub := dial(t, e.addr, mqtttest.Options{ClientID: "md-pub"})
 	acked := map[string]int{}
 	killedAt, refusedAt := 0, 0
 	for seq := 1; seq <= 5000 && refusedAt == 0; seq++ {
@@ -568,10 +569,10 @@ func TestPersistMountDeath(t *testing.T) {
 			killedAt = seq
 		}
 		topic := fmt.Sprintf("md/%02d", seq%50)
-		if err := pub.Publish(topic, []byte(strconv.Itoa(seq)), 1, true, uint16(seq)); err != nil {
+		if err := pub.SendPublish(topic, []byte(strconv.Itoa(seq)), 1, true, uint16(seq)); err != nil {
 			t.Fatalf("publish %d: %v", seq, err)
 		}
-		pk, err := pub.Read(15 * time.Second)
+		pk, err := pub.Next(15 * time.Second)
 		if err != nil {
 			t.Fatalf("publish %d: no PUBACK (%v); an MQTT 5 client must hear a refusal", seq, err)
 		}
@@ -594,7 +595,7 @@ func TestPersistMountDeath(t *testing.T) {
 		killedAt, refusedAt, refusedAt-killedAt)
 
 	// The refused publish's connection is closed after its PUBACK 0x80.
-	if pk, err := pub.Read(15 * time.Second); err == nil {
+	if pk, err := pub.Next(15 * time.Second); err == nil {
 		t.Fatalf("connection still open after a refused retained publish: got packet type %d", pk.FixedHeader.Type)
 	}
 	pub.Close()
@@ -602,7 +603,7 @@ func TestPersistMountDeath(t *testing.T) {
 	// Still refused after Moat has remounted the volume: the store's open
 	// files are on the dead mount.
 	m.WaitOutput(regexp.MustCompile(`encrypted persistence remounted`), 30*time.Second)
-	pub = dial(t, e.addr, ConnectOptions{ClientID: "md-pub2", Clean: true})
+	pub = dial(t, e.addr, mqtttest.Options{ClientID: "md-pub2"})
 	if rc := publishQoS1(t, pub, "md/after", []byte("x"), true, 9000); rc != packets.ErrUnspecifiedError.Code {
 		t.Fatalf("retained publish after the remount: PUBACK 0x%02x, want 0x80", rc)
 	}
@@ -651,7 +652,7 @@ func TestPersistMountDeathIdle(t *testing.T) {
 	if code, body := HTTPGet(t, e.admin+"/readyz"); code != 503 {
 		t.Fatalf("/readyz after the mount died and was remounted: %d %s, want 503", code, body)
 	}
-	pub := dial(t, e.addr, ConnectOptions{ClientID: "idle-pub", Clean: true})
+	pub := dial(t, e.addr, mqtttest.Options{ClientID: "idle-pub"})
 	if rc := publishQoS1(t, pub, "idle/x", []byte("x"), true, 1); rc != packets.ErrUnspecifiedError.Code {
 		t.Fatalf("retained publish after the mount died: PUBACK 0x%02x, want 0x80", rc)
 	}
@@ -775,11 +776,11 @@ func testDiskFull(t *testing.T) {
 	})
 	m := e.start()
 
-	sub := dial(t, e.addr, ConnectOptions{ClientID: "full-sub", Clean: true})
-	sub.Subscribe(1, 1, "live/#")
+	sub := dial(t, e.addr, mqtttest.Options{ClientID: "full-sub"})
+	sub.SendSubscribe(1, 1, "live/#")
 	expect(t, sub, packets.Suback)
 
-	pub := dial(t, e.addr, ConnectOptions{ClientID: "full-pub", Clean: true})
+	pub := dial(t, e.addr, mqtttest.Options{ClientID: "full-pub"})
 	payload := make([]byte, 64<<10)
 	acked := map[string][]byte{}
 	refused := 0
@@ -787,10 +788,10 @@ func testDiskFull(t *testing.T) {
 		p := bytes.Clone(payload)
 		rand.Read(p)
 		topic := fmt.Sprintf("full/%03d", i)
-		if err := pub.Publish(topic, p, 1, true, uint16(i)); err != nil {
+		if err := pub.SendPublish(topic, p, 1, true, uint16(i)); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
-		pk, err := pub.Read(30 * time.Second)
+		pk, err := pub.Next(30 * time.Second)
 		if err != nil {
 			t.Fatalf("publish %d: no PUBACK (%v)", i, err)
 		}
@@ -813,11 +814,11 @@ func testDiskFull(t *testing.T) {
 
 	// The refused publish's connection is closed after its PUBACK 0x80;
 	// later retained publishes are refused too; live traffic still flows.
-	if pk, err := pub.Read(15 * time.Second); err == nil {
+	if pk, err := pub.Next(15 * time.Second); err == nil {
 		t.Fatalf("connection still open after a refused retained publish: got packet type %d", pk.FixedHeader.Type)
 	}
 	pub.Close()
-	pub = dial(t, e.addr, ConnectOptions{ClientID: "full-pub2", Clean: true})
+	pub = dial(t, e.addr, mqtttest.Options{ClientID: "full-pub2"})
 	if rc := publishQoS1(t, pub, "full/small", []byte("x"), true, 500); rc != packets.ErrUnspecifiedError.Code {
 		t.Fatalf("retained publish on a failed store: PUBACK 0x%02x, want 0x80", rc)
 	}
@@ -864,18 +865,18 @@ func TestPersistRestart(t *testing.T) {
 	e := newPersistEnv(t)
 	m := e.start()
 
-	sessions := []ConnectOptions{
-		{ClientID: "sess5", Version: 5, Clean: true, SessionExpiry: 3600},
-		{ClientID: "sess3", Version: 4, Clean: false},
+	sessions := []mqtttest.Options{
+		{ClientID: "sess5", Version: 5, SessionExpiry: 3600},
+		{ClientID: "sess3", Version: 4, Persistent: true},
 	}
 	for _, o := range sessions {
 		c := dial(t, e.addr, o)
-		c.Subscribe(1, 1, "q/"+o.ClientID+"/#")
+		c.SendSubscribe(1, 1, "q/"+o.ClientID+"/#")
 		expect(t, c, packets.Suback)
 		c.Disconnect()
 	}
 
-	pub := dial(t, e.addr, ConnectOptions{ClientID: "pub", Clean: true})
+	pub := dial(t, e.addr, mqtttest.Options{ClientID: "pub"})
 	id := uint16(0)
 	next := func() uint16 { id++; return id }
 	for _, o := range sessions {
@@ -918,11 +919,11 @@ func TestPersistRestart(t *testing.T) {
 	}
 
 	// Retained: exact set, no invented expiry, own expiry kept.
-	c := dial(t, e.addr, ConnectOptions{ClientID: "ret", Clean: true})
-	c.Subscribe(1, 1, "r/#")
+	c := dial(t, e.addr, mqtttest.Options{ClientID: "ret"})
+	c.SendSubscribe(1, 1, "r/#")
 	got := map[string]packets.Packet{}
 	for len(got) < 2 {
-		pk, err := c.Read(15 * time.Second)
+		pk, err := c.Next(15 * time.Second)
 		if err != nil {
 			t.Fatalf("retained after restart: %v (got %d)", err, len(got))
 		}
@@ -942,8 +943,8 @@ func TestPersistRestart(t *testing.T) {
 	c.Disconnect()
 
 	for _, o := range sessions {
-		o.Clean = false
-		c, ack, err := Dial(e.addr, o)
+		o.Persistent = true
+		c, ack, err := mqtttest.Dial(e.addr, mqttOptions(o))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -953,7 +954,7 @@ func TestPersistRestart(t *testing.T) {
 		}
 		seen := map[string]bool{}
 		for len(seen) < 5 {
-			pk, err := c.Read(15 * time.Second)
+			pk, err := c.Next(15 * time.Second)
 			if err != nil {
 				t.Fatalf("%s: queued messages after restart: %v (got %d of 5)", o.ClientID, err, len(seen))
 			}
@@ -967,13 +968,13 @@ func TestPersistRestart(t *testing.T) {
 			c.Write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 		}
 		// The subscription itself survived: a new message arrives.
-		p := dial(t, e.addr, ConnectOptions{ClientID: "pub2", Clean: true})
+		p := dial(t, e.addr, mqtttest.Options{ClientID: "pub2"})
 		if rc := publishQoS1(t, p, "q/"+o.ClientID+"/live", []byte("live"), false, 1); rc != 0 {
 			t.Fatalf("publish: 0x%02x", rc)
 		}
 		p.Disconnect()
 		for {
-			pk, err := c.Read(15 * time.Second)
+			pk, err := c.Next(15 * time.Second)
 			if err != nil {
 				t.Fatalf("%s: live message after restart: %v", o.ClientID, err)
 			}
