@@ -1,16 +1,13 @@
 package broker_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,12 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs/acmetest"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // acmeBroker runs Moat with MQTT/TLS and WSS listeners on the ACME
@@ -129,12 +126,12 @@ func TestACMEListenersOpenWhenReadyAndSwapWithoutDrops(t *testing.T) {
 	}
 
 	dialTLS := func() (net.Conn, error) { return tls.Dial("tcp", tlsAddr.String(), a.tlsConfig()) }
-	dialWSS := func() (net.Conn, error) { return wsDial("wss://"+wssAddr.String()+"/mqtt", a.tlsConfig()) }
+	dialWSS := func() (net.Conn, error) { return mqtttest.DialWS("wss://"+wssAddr.String()+"/mqtt", a.tlsConfig()) }
 	tc := mqttDial(t, dialTLS)
 	wc := mqttDial(t, dialWSS)
-	tc.subscribe(t, "to/tls")
-	wc.subscribe(t, "to/wss")
-	pc.subscribe(t, "to/plain")
+	subscribe(t, tc, "to/tls")
+	subscribe(t, wc, "to/wss")
+	subscribe(t, pc, "to/plain")
 
 	serial := func(dial func() (net.Conn, error)) string {
 		c, err := dial()
@@ -146,18 +143,23 @@ func TestACMEListenersOpenWhenReadyAndSwapWithoutDrops(t *testing.T) {
 		switch cc := c.(type) {
 		case *tls.Conn:
 			st = cc.ConnectionState()
-		case *wsNetConn:
-			st = cc.tls
+		case *mqtttest.WSConn:
+			st = cc.TLS()
 		}
 		return st.PeerCertificates[0].SerialNumber.String()
 	}
 	exchange := func(round int) {
 		msg := fmt.Sprintf("round-%d", round)
-		tc.publish(t, "to/wss", msg)
-		wc.publish(t, "to/plain", msg)
-		pc.publish(t, "to/tls", msg)
-		for _, c := range []*rawClient{wc, pc, tc} {
-			if got := c.expect(t, 10*time.Second); got != msg {
+		for _, p := range []struct {
+			c     *mqtttest.Client
+			topic string
+		}{{tc, "to/wss"}, {wc, "to/plain"}, {pc, "to/tls"}} {
+			if err := p.c.SendPublish(p.topic, []byte(msg), 0, false, 0); err != nil {
+				t.Fatalf("publish on %s: %v", p.topic, err)
+			}
+		}
+		for _, c := range []*mqtttest.Client{wc, pc, tc} {
+			if got := expectPayload(t, c, 10*time.Second); got != msg {
 				t.Fatalf("round %d: received %q", round, got)
 			}
 		}
@@ -198,167 +200,37 @@ func certExpiryMetric(t *testing.T, b *broker.Broker) float64 {
 	return 0
 }
 
-// rawClient is a minimal MQTT 3.1.1 client over any net.Conn.
-type rawClient struct {
-	conn net.Conn
-	r    *bufio.Reader
-	id   uint16
-}
-
-func mqttDial(t *testing.T, dial func() (net.Conn, error)) *rawClient {
+// mqttDial connects an MQTT 3.1.1 client over the connection dial makes.
+func mqttDial(t *testing.T, dial func() (net.Conn, error)) *mqtttest.Client {
 	t.Helper()
 	conn, err := dial()
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c := &rawClient{conn: conn, r: bufio.NewReader(conn)}
-	c.write(t, packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: 4,
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60,
-			ClientIdentifier: fmt.Sprintf("c%d", time.Now().UnixNano()),
-		},
-	})
-	if typ, body := c.read(t, 10*time.Second); typ != packets.Connack || len(body) < 2 || body[1] != 0 {
-		t.Fatalf("CONNACK: type %d body %v", typ, body)
+	c, ack, err := mqtttest.Connect(conn, mqtttest.Options{ClientID: fmt.Sprintf("c%d", time.Now().UnixNano()), KeepAlive: 60})
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK: 0x%02x %v", ack.ReasonCode, err)
 	}
 	return c
 }
 
-func (c *rawClient) write(t *testing.T, pk packets.Packet) {
+// subscribe subscribes at QoS 0 and requires QoS 0 granted.
+func subscribe(t *testing.T, c *mqtttest.Client, filter string) {
 	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.conn.Write(buf.Bytes()); err != nil {
-		t.Fatalf("write: %v", err)
+	if codes := c.Subscribe(t, 0, filter); len(codes) != 1 || codes[0] != 0 {
+		t.Fatalf("SUBACK for %s: %v", filter, codes)
 	}
 }
 
-// read returns the next packet's type and body.
-func (c *rawClient) read(t *testing.T, d time.Duration) (byte, []byte) {
+// expectPayload returns the payload of the next packet, a PUBLISH.
+func expectPayload(t *testing.T, c *mqtttest.Client, d time.Duration) string {
 	t.Helper()
-	c.conn.SetReadDeadline(time.Now().Add(d))
-	h, err := c.r.ReadByte()
-	if err != nil {
-		t.Fatalf("read: %v", err)
+	pk, err := c.Next(d)
+	if err != nil || pk.FixedHeader.Type != packets.Publish {
+		t.Fatalf("want PUBLISH, got type %d: %v", pk.FixedHeader.Type, err)
 	}
-	n, mul := 0, 1
-	for i := 0; i < 4; i++ {
-		b, err := c.r.ReadByte()
-		if err != nil {
-			t.Fatalf("read: %v", err)
-		}
-		n += int(b&127) * mul
-		mul *= 128
-		if b < 128 {
-			break
-		}
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	return h >> 4, body
-}
-
-func (c *rawClient) subscribe(t *testing.T, filter string) {
-	t.Helper()
-	c.id++
-	c.write(t, packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
-		ProtocolVersion: 4, PacketID: c.id,
-		Filters: packets.Subscriptions{{Filter: filter}},
-	})
-	if typ, body := c.read(t, 10*time.Second); typ != packets.Suback || body[len(body)-1] != 0 {
-		t.Fatalf("SUBACK for %s: type %d body %v", filter, typ, body)
-	}
-}
-
-func (c *rawClient) publish(t *testing.T, topic, payload string) {
-	t.Helper()
-	c.write(t, packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Publish},
-		ProtocolVersion: 4, TopicName: topic, Payload: []byte(payload),
-	})
-}
-
-// expect returns the payload of the next PUBLISH.
-func (c *rawClient) expect(t *testing.T, d time.Duration) string {
-	t.Helper()
-	typ, body := c.read(t, d)
-	if typ != packets.Publish || len(body) < 2 {
-		t.Fatalf("want PUBLISH, got type %d", typ)
-	}
-	tl := int(body[0])<<8 | int(body[1])
-	return string(body[2+tl:])
-}
-
-// wsNetConn adapts a WebSocket connection to net.Conn.
-type wsNetConn struct {
-	*websocket.Conn
-	tls tls.ConnectionState
-	r   io.Reader
-}
-
-func wsDial(url string, cfg *tls.Config) (net.Conn, error) {
-	d := websocket.Dialer{TLSClientConfig: cfg, Subprotocols: []string{"mqtt"}, HandshakeTimeout: 10 * time.Second}
-	ws, resp, err := d.Dial(url, http.Header{})
-	if err != nil {
-		return nil, err
-	}
-	resp.Body.Close()
-	c := &wsNetConn{Conn: ws}
-	if tc, ok := ws.NetConn().(*tls.Conn); ok {
-		c.tls = tc.ConnectionState()
-	}
-	return c, nil
-}
-
-func (c *wsNetConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if err == io.EOF {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (c *wsNetConn) Write(p []byte) (int, error) {
-	if err := c.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsNetConn) SetDeadline(t time.Time) error {
-	c.SetReadDeadline(t)
-	return c.SetWriteDeadline(t)
+	return string(pk.Payload)
 }
 
 // lockedWriter serialises log writes from many goroutines.

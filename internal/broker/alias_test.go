@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // mochi checks the write ACL before resolving topic aliases (an alias-only
@@ -26,16 +28,14 @@ func TestTopicAliasCannotBypassACL(t *testing.T) {
 	})
 	// Once alice's PINGREQ is answered (or her connection is closed), her
 	// publishes were processed; then an ordered marker on bob's side.
-	alice.wmu.Lock()
-	_, _ = alice.conn.Write([]byte{packets.Pingreq << 4, 0})
-	alice.wmu.Unlock()
-	if !alice.waitUntil(waitLong, func() bool {
-		for _, a := range alice.acks {
+	_ = alice.WriteBytes([]byte{packets.Pingreq << 4, 0})
+	if !alice.WaitUntil(waitLong, func(s mqtttest.State) bool {
+		for _, a := range s.Pending {
 			if a.FixedHeader.Type == packets.Pingresp {
 				return true
 			}
 		}
-		return alice.closed != nil
+		return s.Err != nil
 	}) {
 		t.Fatal("alice's publishes were not processed")
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // authRefused is the CONNACK code of a failed authentication (mosquitto's).
@@ -248,7 +250,7 @@ func TestClientIDTakeover(t *testing.T) {
 			if ack.ReasonCode != 0 || !ack.SessionPresent {
 				t.Fatalf("alice back: CONNACK 0x%02x session present %v, want 0 and true", ack.ReasonCode, ack.SessionPresent)
 			}
-			if !alice.waitUntil(waitLong, func() bool { return len(alice.msgs) >= 2 }) {
+			if !alice.WaitUntil(waitLong, func(s mqtttest.State) bool { return len(s.Messages) >= 2 }) {
 				t.Fatalf("alice got %v, want her 2 queued messages", alice.topics())
 			}
 			alice.disconnect()
@@ -359,7 +361,7 @@ func TestMessageSizeLimit(t *testing.T) {
 			}
 		})
 	}
-	if !sub.waitUntil(waitLong, func() bool { return len(sub.msgs) >= 6 }) {
+	if !sub.WaitUntil(waitLong, func(s mqtttest.State) bool { return len(s.Messages) >= 6 }) {
 		t.Fatalf("got %v, want 6 messages at the limit", sub.topics())
 	}
 	sub.quietFor(waitQuiet)
