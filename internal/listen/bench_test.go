@@ -63,7 +63,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 						c = dialTCP(b, "", l.Address())
 					}
 					if tc.connected {
-						newClient(b, c, 4).connect("idle" + strconv.Itoa(i))
+						connectConn(b, c, "idle"+strconv.Itoa(i), 4)
 					}
 					conns = append(conns, c)
 				}

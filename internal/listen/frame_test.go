@@ -13,6 +13,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 // chunkConn serves a byte stream in fixed-size pieces.
@@ -184,8 +186,7 @@ func FuzzFrameConnServer(f *testing.F) {
 		var wg sync.WaitGroup
 		acked := make(chan bool, 1)
 		wg.Go(func() { // drain everything the server writes
-			c := &client{t: t, conn: cliSide, r: bufio.NewReader(cliSide), version: version}
-			pk, err := c.read()
+			pk, err := mqtttest.ReadPacket(bufio.NewReader(cliSide), version)
 			acked <- err == nil && pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0
 			_, _ = io.Copy(io.Discard, cliSide)
 		})

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -24,6 +23,8 @@ import (
 	"github.com/gorilla/websocket"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 const ioDeadline = 10 * time.Second
@@ -132,17 +133,14 @@ func hardened(t testing.TB, cert tls.Certificate) *tls.Config {
 	return cfg
 }
 
-// client is a raw MQTT client built on mochi's packet encoders.
+// client is a raw MQTT client (internal/mqtttest) whose helpers fail t.
 type client struct {
-	t       testing.TB
-	conn    net.Conn
-	r       *bufio.Reader
-	version byte
+	*mqtttest.Client
+	t testing.TB
 }
 
 func newClient(t testing.TB, c net.Conn, version byte) *client {
-	_ = c.SetDeadline(time.Now().Add(ioDeadline))
-	return &client{t: t, conn: c, r: bufio.NewReader(c), version: version}
+	return &client{Client: mqtttest.New(c, mqtttest.Options{Version: version, KeepAlive: 60, Timeout: ioDeadline}), t: t}
 }
 
 func dialTCP(t testing.TB, from, addr string) net.Conn {
@@ -172,59 +170,10 @@ func dialWS(t testing.TB, url string, tlsCfg *tls.Config, hdr http.Header) (net.
 	return c, resp, nil
 }
 
-func (c *client) send(pk packets.Packet) error {
-	var buf bytes.Buffer
-	pk.ProtocolVersion = c.version
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		err = fmt.Errorf("test client cannot encode type %d", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		return err
-	}
-	_, err = c.conn.Write(buf.Bytes())
-	return err
-}
+func (c *client) send(pk packets.Packet) error { return c.Write(pk) }
 
-func (c *client) read() (packets.Packet, error) {
-	var pk packets.Packet
-	b, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(b); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, pk.FixedHeader.Remaining)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	pk.ProtocolVersion = c.version
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	}
-	return pk, err
-}
+// read returns the next packet.
+func (c *client) read() (packets.Packet, error) { return c.Next(ioDeadline) }
 
 // expect reads until a packet of type typ arrives.
 func (c *client) expect(typ byte) packets.Packet {
@@ -242,7 +191,7 @@ func (c *client) expect(typ byte) packets.Packet {
 
 func (c *client) connect(id string) {
 	c.t.Helper()
-	if err := c.send(connectPacket(id, c.version)); err != nil {
+	if err := c.send(connectPacket(id, c.Version())); err != nil {
 		c.t.Fatal(err)
 	}
 	ack := c.expect(packets.Connack)
@@ -251,41 +200,39 @@ func (c *client) connect(id string) {
 	}
 }
 
+// connectConn sends a CONNECT on c and reads the CONNACK in place: no
+// client goroutine or buffer stays behind, so benchmarks measure the
+// server's side.
+func connectConn(t testing.TB, c net.Conn, id string, version byte) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(ioDeadline))
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
+	if _, err := c.Write(connectBytes(t, id, version)); err != nil {
+		t.Fatal(err)
+	}
+	// The broker sends nothing after the CONNACK until spoken to.
+	ack, err := mqtttest.ReadPacket(bufio.NewReaderSize(c, 16), version)
+	if err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK: type %d reason %#x: %v", ack.FixedHeader.Type, ack.ReasonCode, err)
+	}
+}
+
 func connectPacket(id string, version byte) packets.Packet {
-	name := "MQTT"
-	if version == 3 {
-		name = "MQIsdp"
-	}
-	return packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
-		ProtocolVersion: version,
-		Connect: packets.ConnectParams{
-			ProtocolName:     []byte(name),
-			Clean:            true,
-			Keepalive:        60,
-			ClientIdentifier: id,
-		},
-	}
+	return mqtttest.ConnectPacket(mqtttest.Options{Version: version, ClientID: id, KeepAlive: 60})
 }
 
 func connectBytes(t testing.TB, id string, version byte) []byte {
 	t.Helper()
-	pk := connectPacket(id, version)
-	var buf bytes.Buffer
-	if err := pk.ConnectEncode(&buf); err != nil {
+	b, err := mqtttest.Encode(connectPacket(id, version), version)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return b
 }
 
 func (c *client) subscribe(filter string) {
 	c.t.Helper()
-	err := c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
-		PacketID:    1,
-		Filters:     packets.Subscriptions{{Filter: filter}},
-	})
-	if err != nil {
+	if err := c.SendSubscribe(1, 0, filter); err != nil {
 		c.t.Fatal(err)
 	}
 	c.expect(packets.Suback)
@@ -293,12 +240,7 @@ func (c *client) subscribe(filter string) {
 
 func (c *client) publish(topic, payload string) {
 	c.t.Helper()
-	err := c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish},
-		TopicName:   topic,
-		Payload:     []byte(payload),
-	})
-	if err != nil {
+	if err := c.SendPublish(topic, []byte(payload), 0, false, 0); err != nil {
 		c.t.Fatal(err)
 	}
 }

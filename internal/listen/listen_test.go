@@ -342,7 +342,7 @@ func TestPerIPCap(t *testing.T) {
 	for _, c := range conns {
 		_ = c.Close()
 	}
-	_ = good.conn.Close()
+	_ = good.Conn().Close()
 	eventually(t, "slots released", func() bool { n, e := l.Stats(); return n == 0 && e == 0 })
 }
 
@@ -354,7 +354,7 @@ func TestTotalCapAndRate(t *testing.T) {
 		b := newClient(t, dialTCP(t, "127.0.0.4", l.Address()), 4)
 		b.connect("b")
 		waitClosed(t, dialTCP(t, "127.0.0.5", l.Address()))
-		_ = a.conn.Close()
+		_ = a.Conn().Close()
 		eventually(t, "slot released", func() bool { n, _ := l.Stats(); return n == 1 })
 		newClient(t, dialTCP(t, "127.0.0.5", l.Address()), 4).connect("c")
 	})
@@ -419,10 +419,10 @@ func TestFramingViolationsCloseConnection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClient(t, dialTCP(t, "", l.Address()), 4)
 			c.connect("bad")
-			if _, err := c.conn.Write(tc.after); err != nil {
+			if _, err := c.Conn().Write(tc.after); err != nil {
 				t.Fatal(err)
 			}
-			waitClosed(t, c.conn)
+			waitClosed(t, c.Conn())
 		})
 	}
 	t.Run("oversized connect", func(t *testing.T) {
@@ -456,10 +456,10 @@ func TestMochi501(t *testing.T) {
 
 			evil := newClient(t, dialTCP(t, "", l.Address()), 5)
 			evil.connect("evil")
-			if _, err := evil.conn.Write(mochi501); err != nil {
+			if _, err := evil.Conn().Write(mochi501); err != nil {
 				t.Fatal(err)
 			}
-			waitClosed(t, evil.conn)
+			waitClosed(t, evil.Conn())
 
 			sub := newClient(t, dialTCP(t, "", l.Address()), 5)
 			sub.connect("sub")
@@ -477,7 +477,7 @@ func TestMochi501(t *testing.T) {
 			if !frameCheck && panics != 1 {
 				t.Errorf("want the panic logged once, got %d:\n%s", panics, logs.String())
 			}
-			if !frameCheck && !strings.Contains(logs.String(), evil.conn.LocalAddr().String()) {
+			if !frameCheck && !strings.Contains(logs.String(), evil.Conn().LocalAddr().String()) {
 				t.Errorf("panic log lacks the remote address")
 			}
 			if _, ok := srv.Clients.Get("evil"); ok && frameCheck {
@@ -537,7 +537,7 @@ func TestPanicRecoveryAndCleanup(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, victim.conn)
+	waitClosed(t, victim.Conn())
 
 	eventually(t, "cleanup", func() bool { return cleaned.Load() == 1 })
 	if _, ok := srv.Clients.Get("victim"); ok {
