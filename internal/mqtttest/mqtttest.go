@@ -298,7 +298,7 @@ func (c *Client) Disconnect() error {
 func (c *Client) Close() error { return c.conn.Close() }
 
 func (c *Client) readLoop() {
-	r := bufio.NewReaderSize(c.conn, 64<<10)
+	r := bufio.NewReaderSize(c.conn, 8<<10)
 	var err error
 	for {
 		var pk packets.Packet
