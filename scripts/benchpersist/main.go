@@ -7,7 +7,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"flag"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
 func main() {
@@ -206,85 +207,17 @@ func (br *broker) stop(sig syscall.Signal) {
 	}
 }
 
-// client is a minimal MQTT 3.1.1 client.
-type client struct {
-	conn net.Conn
-	br   *bufio.Reader
-	wmu  sync.Mutex
-}
-
-func dial(addr, id string) (*client, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// dial connects an MQTT 3.1.1 client that requires its CONNACK to accept it.
+func dial(addr, id string) (*mqtttest.Client, error) {
+	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: id, KeepAlive: 120, Timeout: 30 * time.Second})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("connect %s: %w", id, err)
 	}
-	c := &client{conn: conn, br: bufio.NewReaderSize(conn, 64<<10)}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: 120}}
-	if err := c.write(&pk); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	ack, err := c.read(10 * time.Second)
-	if err != nil || ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		conn.Close()
-		return nil, fmt.Errorf("connect %s: %v (type %d code %d)", id, err, ack.FixedHeader.Type, ack.ReasonCode)
+	if ack.ReasonCode != 0 {
+		c.Close()
+		return nil, fmt.Errorf("connect %s: CONNACK 0x%02x", id, ack.ReasonCode)
 	}
 	return c, nil
-}
-
-func (c *client) write(pk *packets.Packet) error {
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	}
-	if err != nil {
-		return err
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
-	_, err = c.conn.Write(buf.Bytes())
-	return err
-}
-
-func (c *client) read(timeout time.Duration) (packets.Packet, error) {
-	c.conn.SetReadDeadline(time.Now().Add(timeout))
-	pk := packets.Packet{ProtocolVersion: 4}
-	hb, err := c.br.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	n, _, err := packets.DecodeLength(c.br)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(c.br, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	}
-	return pk, err
 }
 
 // publish runs n publishers of QoS 1 retained messages (window in flight
@@ -303,7 +236,7 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer c.conn.Close()
+			defer c.Close()
 			type msg struct {
 				topic string
 				seq   int
@@ -315,7 +248,7 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 			go func() {
 				defer close(done)
 				for {
-					pk, err := c.read(30 * time.Second)
+					pk, err := c.Next(30 * time.Second)
 					if err != nil {
 						return
 					}
@@ -342,7 +275,7 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 				case <-done:
 					return
 				case <-stop:
-					c.conn.Close()
+					c.Close()
 					<-done
 					return
 				}
@@ -353,7 +286,7 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 				fmu.Unlock()
 				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
 					TopicName: topic, PacketID: id, Payload: []byte(strconv.Itoa(base+seq) + " " + pad)}
-				if err := c.write(&pk); err != nil {
+				if err := c.Write(pk); err != nil {
 					<-done
 					return
 				}
@@ -365,7 +298,7 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 					return
 				}
 			}
-			c.conn.Close()
+			c.Close()
 			<-done
 		}()
 	}
@@ -396,17 +329,16 @@ func retained(addr, filter string, quiet time.Duration) (map[string]int, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer c.conn.Close()
+	defer c.Close()
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: filter}}}
-	if err := c.write(&pk); err != nil {
+	if err := c.Write(pk); err != nil {
 		return nil, err
 	}
 	got := map[string]int{}
 	for {
-		pk, err := c.read(quiet)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		pk, err := c.Next(quiet)
+		if errors.Is(err, mqtttest.ErrTimeout) {
 			return got, nil
 		}
 		if err != nil {
