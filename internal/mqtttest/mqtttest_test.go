@@ -1,6 +1,7 @@
 package mqtttest_test
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -74,11 +75,11 @@ func dial(t *testing.T, addr string, o mqtttest.Options) *mqtttest.Client {
 func TestVersionsPublishFlows(t *testing.T) {
 	addr, _ := serve(t)
 	for _, v := range []byte{3, 4, 5} {
-		sub := dial(t, addr, mqtttest.Options{Version: v, ClientID: "sub", KeepAlive: 30, AutoAck: true, LocalIP: "127.0.0.1"})
+		sub := dial(t, addr, mqtttest.Options{Version: v, ClientID: fmt.Sprint("sub", v), KeepAlive: 30, AutoAck: true, LocalIP: "127.0.0.1"})
 		if got := sub.Subscribe(t, 2, "a/#", "b/+"); !slices.Equal(got, []byte{2, 2}) {
 			t.Fatalf("v%d: SUBACK %v", v, got)
 		}
-		pub := dial(t, addr, mqtttest.Options{Version: v, ClientID: "pub", KeepAlive: 30})
+		pub := dial(t, addr, mqtttest.Options{Version: v, ClientID: fmt.Sprint("pub", v), KeepAlive: 30})
 		for _, tc := range []struct {
 			qos   byte
 			types []byte
