@@ -677,3 +677,89 @@ func (c *WSConn) SetDeadline(t time.Time) error {
 	}
 	return c.SetWriteDeadline(t)
 }
+
+// Msg is one message of PublishWindow.
+type Msg struct {
+	Topic   string
+	Payload []byte
+	Retain  bool
+	Seq     int // the caller's own number, handed back with the PUBACK
+}
+
+// PublishWindow publishes QoS 1 messages from next, keeping up to window
+// unacknowledged, until next has no more (then it waits for the last
+// PUBACKs), stop is closed, or the connection ends or stays silent for the
+// client's timeout; it closes the connection when it returns. acked runs on the reading goroutine for each
+// PUBACK, with its message and reason code. A PUBACK for a packet id not in
+// flight ends the run with an error; a broken connection does not.
+func (c *Client) PublishWindow(window int, stop <-chan struct{}, next func() (Msg, bool), acked func(m Msg, code byte)) error {
+	defer c.Close()
+	var (
+		mu       sync.Mutex
+		inflight = map[uint16]Msg{}
+		slots    = make(chan struct{}, window)
+		done     = make(chan struct{})
+		readErr  error
+	)
+	go func() {
+		defer close(done)
+		for {
+			pk, err := c.Next(c.timeout)
+			if err != nil {
+				return
+			}
+			if pk.FixedHeader.Type != packets.Puback {
+				continue
+			}
+			mu.Lock()
+			m, ok := inflight[pk.PacketID]
+			delete(inflight, pk.PacketID)
+			mu.Unlock()
+			if !ok {
+				readErr = fmt.Errorf("PUBACK for packet id %d, not in flight", pk.PacketID)
+				return
+			}
+			if acked != nil {
+				acked(m, pk.ReasonCode)
+			}
+			<-slots
+		}
+	}()
+	finish := func() error {
+		c.Close()
+		<-done
+		return readErr
+	}
+	for n := 1; ; n++ {
+		select {
+		case slots <- struct{}{}:
+		case <-done:
+			return readErr
+		case <-stop:
+			return finish()
+		}
+		m, ok := next()
+		if !ok {
+			break
+		}
+		id := uint16(n%60000) + 1
+		mu.Lock()
+		inflight[id] = m
+		mu.Unlock()
+		if err := c.SendPublish(m.Topic, m.Payload, 1, m.Retain, id); err != nil {
+			<-done
+			return readErr
+		}
+	}
+	// The slot taken for the message next did not have is free again.
+	for range window - 1 {
+		select {
+		case slots <- struct{}{}:
+		case <-done:
+			return readErr
+		case <-stop:
+			return finish()
+		}
+	}
+	return finish()
+}

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,5 +216,49 @@ func TestDialRefused(t *testing.T) {
 	l.Close()
 	if _, _, err := mqtttest.Dial(addr, mqtttest.Options{Timeout: 2 * time.Second}); err == nil {
 		t.Fatal("dial to a closed port succeeded")
+	}
+}
+
+func TestPublishWindow(t *testing.T) {
+	addr, _ := serve(t)
+	watch := dial(t, addr, mqtttest.Options{ClientID: "watch", KeepAlive: 60, AutoAck: true})
+	watch.MustSubscribe(t, 1, "w/#")
+
+	// Until next runs out: every message acknowledged, in flight at most window.
+	pub := dial(t, addr, mqtttest.Options{ClientID: "window", KeepAlive: 60})
+	n, acks := 0, map[int]byte{}
+	next := func() (mqtttest.Msg, bool) {
+		n++
+		return mqtttest.Msg{Topic: fmt.Sprint("w/", n%7), Payload: []byte("p"), Seq: n}, n <= 500
+	}
+	var mu sync.Mutex
+	err := pub.PublishWindow(8, nil, next, func(m mqtttest.Msg, code byte) {
+		mu.Lock()
+		acks[m.Seq] = code
+		mu.Unlock()
+	})
+	if err != nil || len(acks) != 500 {
+		t.Fatalf("%d of 500 acknowledged: %v", len(acks), err)
+	}
+	for seq, code := range acks {
+		if code != 0 {
+			t.Fatalf("message %d: PUBACK 0x%02x", seq, code)
+		}
+	}
+	if !pub.WaitClosed() {
+		t.Fatal("connection left open")
+	}
+
+	// Until stop: returns with the connection closed.
+	pub = dial(t, addr, mqtttest.Options{ClientID: "window-stop", KeepAlive: 60})
+	stop := make(chan struct{})
+	var count atomic.Int64
+	err = pub.PublishWindow(4, stop, func() (mqtttest.Msg, bool) { return mqtttest.Msg{Topic: "w/s"}, true }, func(mqtttest.Msg, byte) {
+		if count.Add(1) == 100 {
+			close(stop)
+		}
+	})
+	if err != nil || count.Load() < 100 || !pub.WaitClosed() {
+		t.Fatalf("stopped after %d acknowledgements: %v", count.Load(), err)
 	}
 }
