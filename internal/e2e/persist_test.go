@@ -309,76 +309,35 @@ func storm(t *testing.T, addr, prefix string, publishers, topics, window int, st
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for p := range publishers {
-		c := dial(t, addr, mqtttest.Options{ClientID: fmt.Sprintf("%s-pub-%d", prefix, p)})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			type msg struct {
-				topic string
-				seq   int
-			}
-			var fmu sync.Mutex
-			inflight := map[uint16]msg{}
-			slots := make(chan struct{}, window)
-			readerDone := make(chan struct{})
-			go func() {
-				defer close(readerDone)
-				for {
-					pk, err := c.Next(30 * time.Second)
-					if err != nil {
-						return
-					}
-					if pk.FixedHeader.Type != packets.Puback {
-						continue
-					}
-					fmu.Lock()
-					m, ok := inflight[pk.PacketID]
-					delete(inflight, pk.PacketID)
-					fmu.Unlock()
-					if !ok {
-						t.Errorf("PUBACK for unknown packet id %d", pk.PacketID)
-						return
-					}
-					mu.Lock()
-					if pk.ReasonCode >= 0x80 {
-						res.refusals++
-					} else {
-						res.acks++
-						res.acked[m.topic] = max(res.acked[m.topic], m.seq)
-					}
-					total := res.acks
-					mu.Unlock()
-					if onAck != nil {
-						onAck(total)
-					}
-					<-slots
-				}
-			}()
-			for seq := 1; ; seq++ {
-				select {
-				case slots <- struct{}{}:
-				case <-readerDone:
-					return
-				case <-stop:
-					c.Close()
-					<-readerDone
-					return
-				}
+		c := dial(t, addr, mqtttest.Options{ClientID: fmt.Sprintf("%s-pub-%d", prefix, p), Timeout: 30 * time.Second})
+		wg.Go(func() {
+			seq := 0
+			next := func() (mqtttest.Msg, bool) {
+				seq++
 				topic := fmt.Sprintf("%s/%d/%03d", prefix, p, seq%topics)
-				id := uint16(seq%60000) + 1
-				fmu.Lock()
-				inflight[id] = msg{topic, seq}
-				fmu.Unlock()
 				mu.Lock()
 				res.sent[topic] = seq
 				mu.Unlock()
-				if err := c.SendPublish(topic, []byte(strconv.Itoa(seq)), 1, true, id); err != nil {
-					<-readerDone
-					return
-				}
+				return mqtttest.Msg{Topic: topic, Payload: []byte(strconv.Itoa(seq)), Retain: true, Seq: seq}, true
 			}
-		}()
+			err := c.PublishWindow(window, stop, next, func(m mqtttest.Msg, code byte) {
+				mu.Lock()
+				if code >= 0x80 {
+					res.refusals++
+				} else {
+					res.acks++
+					res.acked[m.Topic] = max(res.acked[m.Topic], m.Seq)
+				}
+				total := res.acks
+				mu.Unlock()
+				if onAck != nil {
+					onAck(total)
+				}
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
 	}
 	wg.Wait()
 	return res
