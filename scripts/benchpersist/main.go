@@ -233,74 +233,26 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 			fmt.Fprintln(os.Stderr, err)
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			type msg struct {
-				topic string
-				seq   int
+		pad := strings.Repeat("x", max(payload-12, 0))
+		seq := 0
+		next := func() (mqtttest.Msg, bool) {
+			seq++
+			if limit > 0 && seq > limit {
+				return mqtttest.Msg{}, false
 			}
-			var fmu sync.Mutex
-			inflight := map[uint16]msg{}
-			slots := make(chan struct{}, window)
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					pk, err := c.Next(30 * time.Second)
-					if err != nil {
-						return
-					}
-					if pk.FixedHeader.Type != packets.Puback {
-						continue
-					}
-					fmu.Lock()
-					m := inflight[pk.PacketID]
-					delete(inflight, pk.PacketID)
-					fmu.Unlock()
-					total.Add(1)
-					if acked != nil {
-						amu.Lock()
-						acked[m.topic] = max(acked[m.topic], m.seq)
-						amu.Unlock()
-					}
-					<-slots
+			return mqtttest.Msg{Topic: fmt.Sprintf("%s/%d/%d", prefix, p, seq%topics), Seq: base + seq,
+				Payload: []byte(strconv.Itoa(base+seq) + " " + pad), Retain: true}, true
+		}
+		wg.Go(func() {
+			_ = c.PublishWindow(window, stop, next, func(m mqtttest.Msg, _ byte) {
+				total.Add(1)
+				if acked != nil {
+					amu.Lock()
+					acked[m.Topic] = max(acked[m.Topic], m.Seq)
+					amu.Unlock()
 				}
-			}()
-			pad := strings.Repeat("x", max(payload-12, 0))
-			for seq := 1; limit == 0 || seq <= limit; seq++ {
-				select {
-				case slots <- struct{}{}:
-				case <-done:
-					return
-				case <-stop:
-					c.Close()
-					<-done
-					return
-				}
-				topic := fmt.Sprintf("%s/%d/%d", prefix, p, seq%topics)
-				id := uint16(seq%60000) + 1
-				fmu.Lock()
-				inflight[id] = msg{topic, base + seq}
-				fmu.Unlock()
-				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
-					TopicName: topic, PacketID: id, Payload: []byte(strconv.Itoa(base+seq) + " " + pad)}
-				if err := c.Write(pk); err != nil {
-					<-done
-					return
-				}
-			}
-			for range window { // wait for the last acknowledgements
-				select {
-				case slots <- struct{}{}:
-				case <-done:
-					return
-				}
-			}
-			c.Close()
-			<-done
-		}()
+			})
+		})
 	}
 	wg.Wait()
 	return total.Load()
