@@ -36,23 +36,11 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 
 func encode(t testing.TB, pk packets.Packet, version byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	pk.ProtocolVersion = version
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	}
+	b, err := mqtttest.Encode(pk, version)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return b
 }
 
 func TestFrameConnStreams(t *testing.T) {
