@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,7 +65,7 @@ acme_state_dir %s
 	if err != nil {
 		t.Fatal(err)
 	}
-	lw := &lockedWriter{w: &bytes.Buffer{}}
+	lw := &logBuffer{}
 	b, err := broker.New(broker.Options{Config: cfg, Env: getenv, Logger: slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
@@ -231,22 +229,4 @@ func expectPayload(t *testing.T, c *mqtttest.Client, d time.Duration) string {
 		t.Fatalf("want PUBLISH, got type %d: %v", pk.FixedHeader.Type, err)
 	}
 	return string(pk.Payload)
-}
-
-// lockedWriter serialises log writes from many goroutines.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
