@@ -232,29 +232,8 @@ func TestBrowserMQTTjsOverWSS(t *testing.T) {
 	allowed := haNewPageServer(t, page, bundle)
 	other := haNewPageServer(t, page, bundle)
 
-	dir := t.TempDir()
-	certFile, keyFile, _, pool, spki := haTestCert(t, dir)
-	CopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
-	CopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
-	mqttPort, wssPort := FreePort(t), FreePort(t)
-	conf := fmt.Sprintf(`allow_anonymous false
-password_file %s
-acl_file %s
-admin_listener off
-log_format text
-
-listener %d 127.0.0.1
-protocol mqtt
-
-listener %d 127.0.0.1
-protocol websockets
-certfile %s
-keyfile %s
-websockets_origin %s
-`, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), mqttPort, wssPort, certFile, keyFile, allowed.URL)
-	moat := StartMoat(t, WriteConfig(t, dir, conf))
-	moat.WaitTCP(Loopback(mqttPort), 30*time.Second)
-	moat.WaitTCP(Loopback(wssPort), 30*time.Second)
+	h := startHAHouse(t, "websockets_origin "+allowed.URL+"\n")
+	moat, mqttPort, wssPort, pool, spki := h.moat, h.port, h.wssPort, h.pool, h.spki
 	wssURL := fmt.Sprintf("wss://127.0.0.1:%d/", wssPort)
 	const user, pass = "alice", "alice-demo-pike-15"
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -122,17 +123,25 @@ const (
 	haSubackRefusedV5 = 0x87
 )
 
-// TestHomeAssistantHouse runs Moat on the sample Home Assistant passwd and
-// aclfile (strict subscribe) and drives it with paho-mqtt, the library Home
-// Assistant uses, imitating Home Assistant and the programs around it.
-func TestHomeAssistantHouse(t *testing.T) {
-	py := haPython(t)
+// haHouse is Moat on the sample Home Assistant passwd and aclfile, with an
+// MQTT listener and a TLS WebSocket one on 127.0.0.1.
+type haHouse struct {
+	moat          *Moat
+	port, wssPort int
+	caFile, spki  string
+	pool          *x509.CertPool
+}
+
+// startHAHouse starts the house; wssExtra is added to the WebSocket
+// listener's section.
+func startHAHouse(t *testing.T, wssExtra string) *haHouse {
+	t.Helper()
 	root := RepoRoot(t)
 	dir := t.TempDir()
 	CopyFile(t, filepath.Join(root, "sample/homeassistant/passwd"), filepath.Join(dir, "passwd"), 0o600)
 	CopyFile(t, filepath.Join(root, "sample/homeassistant/aclfile"), filepath.Join(dir, "aclfile"), 0o600)
-	certFile, keyFile, caFile, _, _ := haTestCert(t, dir)
-	port, wssPort := FreePort(t), FreePort(t)
+	certFile, keyFile, caFile, pool, spki := haTestCert(t, dir)
+	h := &haHouse{port: FreePort(t), wssPort: FreePort(t), caFile: caFile, spki: spki, pool: pool}
 	conf := fmt.Sprintf(`allow_anonymous false
 password_file %s
 acl_file %s
@@ -147,10 +156,21 @@ listener %d 127.0.0.1
 protocol websockets
 certfile %s
 keyfile %s
-`, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), port, wssPort, certFile, keyFile)
-	moat := StartMoat(t, WriteConfig(t, dir, conf))
-	moat.WaitTCP(Loopback(port), 30*time.Second)
-	moat.WaitTCP(Loopback(wssPort), 30*time.Second)
+%s`, filepath.Join(dir, "passwd"), filepath.Join(dir, "aclfile"), h.port, h.wssPort, certFile, keyFile, wssExtra)
+	h.moat = StartMoat(t, WriteConfig(t, dir, conf))
+	h.moat.WaitTCP(Loopback(h.port), 30*time.Second)
+	h.moat.WaitTCP(Loopback(h.wssPort), 30*time.Second)
+	return h
+}
+
+// TestHomeAssistantHouse runs Moat on the sample Home Assistant passwd and
+// aclfile (strict subscribe) and drives it with paho-mqtt, the library Home
+// Assistant uses, imitating Home Assistant and the programs around it.
+func TestHomeAssistantHouse(t *testing.T) {
+	py := haPython(t)
+	root := RepoRoot(t)
+	h := startHAHouse(t, "")
+	moat, port, wssPort, caFile := h.moat, h.port, h.wssPort, h.caFile
 
 	in, err := json.Marshal(map[string]any{
 		"host": "127.0.0.1", "port": port, "wss_port": wssPort, "ca_file": caFile,
