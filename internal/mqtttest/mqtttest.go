@@ -101,6 +101,10 @@ type Client struct {
 	cond   *sync.Cond
 	st     State
 	nextID uint16
+	// sink, when set, takes every packet on the reading goroutine
+	// instead of the queue (PublishWindow: no hand-over per PUBACK).
+	sink  func(packets.Packet)
+	ended chan struct{} // closed when the reading ends
 }
 
 // Dial connects over TCP, sends the CONNECT and returns the client with the
@@ -135,7 +139,7 @@ func New(conn net.Conn, o Options) *Client {
 	if o.Version == 0 {
 		o.Version = 4
 	}
-	c := &Client{conn: conn, o: o, timeout: timeoutOf(o)}
+	c := &Client{conn: conn, o: o, timeout: timeoutOf(o), ended: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.readLoop()
 	return c
@@ -310,6 +314,11 @@ func (c *Client) readLoop() {
 			c.autoAck(pk)
 		}
 		c.mu.Lock()
+		if sink := c.sink; sink != nil {
+			c.mu.Unlock()
+			sink(pk)
+			continue
+		}
 		if pk.FixedHeader.Type == packets.Publish {
 			c.st.Messages = append(c.st.Messages, pk)
 		}
@@ -321,6 +330,7 @@ func (c *Client) readLoop() {
 	c.st.Err = err
 	c.mu.Unlock()
 	c.cond.Broadcast()
+	close(c.ended)
 }
 
 // autoAck answers as a client completing the broker's QoS flows. A write
@@ -689,55 +699,67 @@ type Msg struct {
 // PublishWindow publishes QoS 1 messages from next, keeping up to window
 // unacknowledged, until next has no more (then it waits for the last
 // PUBACKs), stop is closed, or the connection ends or stays silent for the
-// client's timeout; it closes the connection when it returns. acked runs on the reading goroutine for each
-// PUBACK, with its message and reason code. A PUBACK for a packet id not in
-// flight ends the run with an error; a broken connection does not.
+// client's timeout; it closes the connection when it returns. acked runs
+// on the reading goroutine for each PUBACK, with its message and reason
+// code. A PUBACK for a packet id not in flight ends the run with an error;
+// a broken connection does not. The client's queue (Next) is emptied and
+// no longer filled.
 func (c *Client) PublishWindow(window int, stop <-chan struct{}, next func() (Msg, bool), acked func(m Msg, code byte)) error {
 	defer c.Close()
 	var (
 		mu       sync.Mutex
 		inflight = map[uint16]Msg{}
 		slots    = make(chan struct{}, window)
-		done     = make(chan struct{})
 		readErr  error
+		done     = c.ended
+		// A silent broker ends the run after the client's timeout.
+		idle = time.AfterFunc(c.timeout, func() { c.Close() })
 	)
-	go func() {
-		defer close(done)
-		for {
-			pk, err := c.Next(c.timeout)
-			if err != nil {
-				return
-			}
-			if pk.FixedHeader.Type != packets.Puback {
-				continue
-			}
-			mu.Lock()
-			m, ok := inflight[pk.PacketID]
-			delete(inflight, pk.PacketID)
-			mu.Unlock()
-			if !ok {
-				readErr = fmt.Errorf("PUBACK for packet id %d, not in flight", pk.PacketID)
-				return
-			}
-			if acked != nil {
-				acked(m, pk.ReasonCode)
-			}
-			<-slots
+	// Packets queued before are dropped: the window owns the connection.
+	c.mu.Lock()
+	c.st.Pending = nil
+	c.sink = func(pk packets.Packet) {
+		if pk.FixedHeader.Type != packets.Puback {
+			return
 		}
-	}()
+		mu.Lock()
+		m, ok := inflight[pk.PacketID]
+		delete(inflight, pk.PacketID)
+		if !ok && readErr == nil {
+			readErr = fmt.Errorf("PUBACK for packet id %d, not in flight", pk.PacketID)
+		}
+		mu.Unlock()
+		if !ok {
+			c.Close()
+			return
+		}
+		idle.Reset(c.timeout)
+		if acked != nil {
+			acked(m, pk.ReasonCode)
+		}
+		<-slots
+	}
+	c.mu.Unlock()
+	defer idle.Stop()
+	result := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return readErr
+	}
 	finish := func() error {
 		c.Close()
 		<-done
-		return readErr
+		return result()
 	}
 	for n := 1; ; n++ {
 		select {
 		case slots <- struct{}{}:
 		case <-done:
-			return readErr
+			return result()
 		case <-stop:
 			return finish()
 		}
+		idle.Reset(c.timeout)
 		m, ok := next()
 		if !ok {
 			break
@@ -747,8 +769,7 @@ func (c *Client) PublishWindow(window int, stop <-chan struct{}, next func() (Ms
 		inflight[id] = m
 		mu.Unlock()
 		if err := c.SendPublish(m.Topic, m.Payload, 1, m.Retain, id); err != nil {
-			<-done
-			return readErr
+			return finish()
 		}
 	}
 	// The slot taken for the message next did not have is free again.
@@ -756,7 +777,7 @@ func (c *Client) PublishWindow(window int, stop <-chan struct{}, next func() (Ms
 		select {
 		case slots <- struct{}{}:
 		case <-done:
-			return readErr
+			return result()
 		case <-stop:
 			return finish()
 		}
