@@ -470,17 +470,13 @@ func (c *Client) WaitPacket(typ byte, id uint16, d time.Duration) (packets.Packe
 	})
 }
 
-// NextID numbers the client's own packets from 40001: mochi keeps inbound
-// and outbound packet ids in one inflight map, so an id equal to one the
-// broker chose for a delivery in flight is "in use" (SUBACK 0x91, even
-// under 3.1.1). Real clients hit that by chance; tests keep clear of it.
+// NextID numbers the client's own packets from 1, as real clients do,
+// wrapping below 32768: Moat numbers its deliveries from 32768 because
+// mochi keeps both in one inflight map (a clash is SUBACK 0x91).
 func (c *Client) NextID() uint16 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.nextID < 40000 {
-		c.nextID = 40000
-	}
-	c.nextID++
+	c.nextID = c.nextID%32767 + 1
 	return c.nextID
 }
 
