@@ -63,6 +63,9 @@ type identity struct {
 	listener    string
 	fingerprint string // password entry at approval time
 	revoked     atomic.Bool
+	// owner is the connection approved; a later connection with the same
+	// id gets its own identity, which the old one's clean-up must keep.
+	owner *mqtt.Client
 }
 
 type noEvents struct{}
@@ -210,6 +213,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		client:      acl.Client{Username: user, HasUsername: hasUser, ClientID: cl.ID},
 		listener:    cl.Net.Listener,
 		fingerprint: fingerprint,
+		owner:       cl,
 	}
 	// mochi neither checks nor filters the Will topic (#503).
 	if w := cl.Properties.Will; w.Flag > 0 {
@@ -253,7 +257,7 @@ func (h *Hook) refuse(cl *mqtt.Client, r refusal) {
 // OnConnectAuthenticate allows only clients OnConnect approved just now.
 func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	v, ok := h.ids.Load(cl.ID)
-	return ok && v.(*identity).listener == cl.Net.Listener && !v.(*identity).revoked.Load()
+	return ok && v.(*identity).owner == cl && !v.(*identity).revoked.Load()
 }
 
 func (h *Hook) identity(cl *mqtt.Client) *identity {
@@ -403,7 +407,7 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.forget(cl) }
 
 func (h *Hook) forget(cl *mqtt.Client) {
-	if v, ok := h.ids.Load(cl.ID); ok && v.(*identity).client.Username == string(cl.Properties.Username) {
+	if v, ok := h.ids.Load(cl.ID); ok && v.(*identity).owner == cl {
 		h.ids.CompareAndDelete(cl.ID, v)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/acl"
 )
@@ -20,7 +21,7 @@ func TestDeliveryCheckDoesNotAllocate(t *testing.T) {
 	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules}, StrictSubscribe: true}})
 	cl := srv.NewClient(nil, "l1", "client-1", false)
 	cl.Properties.Username = []byte("alice")
-	h.ids.Store(cl.ID, &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: cl.ID}, listener: "l1"})
+	h.ids.Store(cl.ID, &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: cl.ID}, listener: "l1", owner: cl})
 	for _, tc := range []struct {
 		topic string
 		want  bool
@@ -43,5 +44,30 @@ func BenchmarkDeliveryCheck(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		h.OnACLCheck(cl, "alice/sensors/temp", false)
+	}
+}
+
+// A client reconnecting with the same id can be approved before mochi has
+// cleaned up the old connection; that clean-up must keep the new identity.
+func TestOldSessionCleanupKeepsNewIdentity(t *testing.T) {
+	rules, _, _ := acl.Parse("acl", []byte("pattern readwrite %u/#\n"))
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules}}})
+	old := srv.NewClient(nil, "l1", "same-id", false)
+	cur := srv.NewClient(nil, "l1", "same-id", false)
+	for _, cl := range []*mqtt.Client{old, cur} {
+		cl.Properties.Username = []byte("alice")
+	}
+	h.ids.Store("same-id", &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: "same-id"}, listener: "l1", owner: cur})
+	h.OnDisconnect(old, nil, true)
+	if !h.OnACLCheck(cur, "alice/x", true) || !h.OnConnectAuthenticate(cur, packets.Packet{}) {
+		t.Fatal("the old connection's clean-up removed the new connection's identity")
+	}
+	if h.OnConnectAuthenticate(old, packets.Packet{}) {
+		t.Fatal("the old connection is still approved")
+	}
+	h.OnDisconnect(cur, nil, true)
+	if h.OnACLCheck(cur, "alice/x", false) {
+		t.Fatal("identity kept after its own clean-up")
 	}
 }
