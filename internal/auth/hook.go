@@ -196,24 +196,22 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if p.UseUsernameAsClientID && hasUser {
 		cl.ID = user
 	}
-	if sc.usesPatterns() {
-		if hasUser && acl.CheckIdentity(user) != nil {
-			return fail(refuseAuth, "unsafe_username", true)
-		}
-		if acl.CheckIdentity(cl.ID) != nil {
-			return fail(refuseClientID, "unsafe_client_id", false)
-		}
-	}
-	// mochi hands an existing session (and its queued messages) to any
-	// client presenting the same id (#398): only its owner may take it.
-	if old, ok := h.srv.Clients.Get(cl.ID); ok && !bytes.Equal(old.Properties.Username, cl.Properties.Username) {
-		return fail(refuseClientID, "client_id_in_use", false)
-	}
 	id := &identity{
 		client:      acl.Client{Username: user, HasUsername: hasUser, ClientID: cl.ID},
 		listener:    cl.Net.Listener,
 		fingerprint: fingerprint,
 		owner:       cl,
+	}
+	switch badUser, badID := sc.unsafeIdentity(&id.client); {
+	case badUser:
+		return fail(refuseAuth, "unsafe_username", true)
+	case badID:
+		return fail(refuseClientID, "unsafe_client_id", false)
+	}
+	// mochi hands an existing session (and its queued messages) to any
+	// client presenting the same id (#398): only its owner may take it.
+	if old, ok := h.srv.Clients.Get(cl.ID); ok && !bytes.Equal(old.Properties.Username, cl.Properties.Username) {
+		return fail(refuseClientID, "client_id_in_use", false)
 	}
 	// mochi neither checks nor filters the Will topic (#503).
 	if w := cl.Properties.Will; w.Flag > 0 {
@@ -438,18 +436,15 @@ func (h *Hook) Swap(p *Policy) int {
 }
 
 func stillValid(sc *Scope, id *identity) bool {
+	if badUser, badID := sc.unsafeIdentity(&id.client); badUser || badID {
+		return false
+	}
 	if !id.client.HasUsername {
-		return sc.AllowAnonymous && (!sc.usesPatterns() || acl.CheckIdentity(id.client.ClientID) == nil)
+		return sc.AllowAnonymous
 	}
 	if sc.Passwd == nil {
 		return false
 	}
 	fp, ok := sc.Passwd.Fingerprint(id.client.Username)
-	if !ok || fp != id.fingerprint {
-		return false
-	}
-	if sc.usesPatterns() && (acl.CheckIdentity(id.client.Username) != nil || acl.CheckIdentity(id.client.ClientID) != nil) {
-		return false
-	}
-	return true
+	return ok && fp == id.fingerprint
 }

@@ -55,6 +55,16 @@ func (s *Scope) usesPatterns() bool {
 	return s.ACL != nil && s.ACL.UsesPatterns()
 }
 
+// unsafeIdentity reports whether %u/%c substitution makes the username or
+// the client id unsafe: with patterns in use, names with topic syntax
+// ('/', '+', '#', NUL) or empty ones are refused.
+func (s *Scope) unsafeIdentity(c *acl.Client) (username, clientID bool) {
+	if !s.usesPatterns() {
+		return false, false
+	}
+	return c.HasUsername && acl.CheckIdentity(c.Username) != nil, acl.CheckIdentity(c.ClientID) != nil
+}
+
 func (s *Scope) canRead(c *acl.Client, topic string) bool {
 	if s.ACL == nil {
 		return topic == "" || topic[0] != '$'
