@@ -6,7 +6,6 @@ package broker
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -379,21 +378,24 @@ func (b *Broker) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// leafCertificate is the first TLS listener's current certificate.
+// leafCertificate is the served certificate that expires first, for the
+// readiness check: every TLS listener must have a certificate.
 func (b *Broker) leafCertificate() (*x509.Certificate, error) {
+	var first *x509.Certificate
 	for _, l := range b.cfg.Listeners {
 		if !l.TLS.Enabled() {
 			continue
 		}
-		get, err := b.certSource(l)
+		x, err := b.servedCertificate(l)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("listener %s: %w", l.ID, err)
 		}
-		c, err := get(&tls.ClientHelloInfo{})
-		if err != nil {
-			return nil, err
+		if first == nil || x.NotAfter.Before(first.NotAfter) {
+			first = x
 		}
-		return leaf(c)
 	}
-	return nil, errors.New("no TLS listener")
+	if first == nil {
+		return nil, errors.New("no TLS listener")
+	}
+	return first, nil
 }

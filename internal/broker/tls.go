@@ -216,15 +216,7 @@ func (b *Broker) updateCertMetrics() {
 		if !l.TLS.Enabled() {
 			continue
 		}
-		get, err := b.certSource(l)
-		if err != nil {
-			continue
-		}
-		c, err := get(&tls.ClientHelloInfo{})
-		if err != nil {
-			continue
-		}
-		x, err := leaf(c)
+		x, err := b.servedCertificate(l)
 		if err != nil {
 			continue
 		}
@@ -242,7 +234,16 @@ func (b *Broker) updateCertMetrics() {
 // ACME returns the certificate manager, nil without tls acme listeners.
 func (b *Broker) ACME() *certs.Manager { return b.acme }
 
-func leaf(c *tls.Certificate) (*x509.Certificate, error) {
+// servedCertificate is the leaf certificate the listener serves now.
+func (b *Broker) servedCertificate(l *config.Listener) (*x509.Certificate, error) {
+	get, err := b.certSource(l)
+	if err != nil {
+		return nil, err
+	}
+	c, err := get(&tls.ClientHelloInfo{})
+	if err != nil {
+		return nil, err
+	}
 	if c == nil || len(c.Certificate) == 0 {
 		return nil, errors.New("no certificate")
 	}
