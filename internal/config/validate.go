@@ -97,8 +97,8 @@ func (p *parser) checkListener(l *Listener) {
 	if t.RequireCertificate && t.CAFile == "" && t.CAPath == "" {
 		p.errorf(l.Pos, "require_certificate needs cafile or capath on listener %s", l.ID)
 	}
-	if (t.UseIdentityAsUsername || t.UseSubjectAsUsername) && !t.RequireCertificate {
-		p.errorf(l.Pos, "use_identity_as_username needs require_certificate true on listener %s", l.ID)
+	if t.UseIdentityAsUsername || t.UseSubjectAsUsername {
+		p.errorf(l.Pos, "use_identity_as_username/use_subject_as_username are not supported by Moat (listener %s): clients authenticate with password_file; require_certificate still checks their certificates", l.ID)
 	}
 	if !t.Enabled() && (t.CAFile != "" || t.CAPath != "" || t.RequireCertificate || t.Version != "") {
 		p.errorf(l.Pos, "listener %s has TLS settings but no certfile/keyfile or tls acme", l.ID)
@@ -187,6 +187,9 @@ func (p *parser) warnings() {
 		if l.Security.AllowAnonymous {
 			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: listener %s allows anonymous clients on a non-loopback address", l.Pos, l.ID))
 		}
+	}
+	if c.CheckRetainSource {
+		c.Warnings = append(c.Warnings, "check_retain_source true is accepted but not enforced: retained messages are delivered by the reader's ACL alone")
 	}
 	if c.Persistence.Enabled && !c.Persistence.Encrypted() {
 		c.Warnings = append(c.Warnings, fmt.Sprintf("%s: persistence_encryption off: retained messages and sessions are stored in plain text", c.Persistence.Pos))
