@@ -114,7 +114,6 @@ type Listener struct {
 type TLS struct {
 	CertFile, KeyFile      string
 	CAFile, CAPath         string
-	CRLFile                string
 	Version                string // minimum: "tlsv1.2" or "tlsv1.3"
 	Ciphers, CiphersTLS13  string
 	RequireCertificate     bool

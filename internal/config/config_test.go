@@ -147,6 +147,7 @@ func TestErrorsNameFileAndLine(t *testing.T) {
 		{"persistence true\npersistence_location /d\n", "needs persistence_key_file"},
 		{"listener 1883\nper_listener_settings true\n", "per_listener_settings must come before"},
 		{"listener 8883\ncertfile c\nkeyfile k\ncafile ca\nrequire_certificate true\nuse_identity_as_username true\n", "use_identity_as_username/use_subject_as_username are not supported"},
+		{"crlfile /etc/crl.pem\n", "moat.conf:1: crlfile is not supported"},
 		{"trusted_proxy nonsense\n", "trusted_proxy: \"nonsense\" is not an address or CIDR"},
 		{"listener 1883\ntrusted_proxy 10.0.0.0/8\n", "trusted_proxy applies to websockets listeners only"},
 		{"log_type verbose\n", "log_type \"verbose\""},

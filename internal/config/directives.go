@@ -57,9 +57,12 @@ func directives() map[string]handler {
 			l := p.scoped()
 			l.TLS.KeyFile, l.TLS.keyPos = p.resolve(pos, v), pos
 		},
-		"cafile":  func(p *parser, pos Pos, v string) { p.scoped().TLS.CAFile = p.resolve(pos, v) },
-		"capath":  func(p *parser, pos Pos, v string) { p.scoped().TLS.CAPath = p.resolve(pos, v) },
-		"crlfile": func(p *parser, pos Pos, v string) { p.scoped().TLS.CRLFile = p.resolve(pos, v) },
+		"cafile": func(p *parser, pos Pos, v string) { p.scoped().TLS.CAFile = p.resolve(pos, v) },
+		"capath": func(p *parser, pos Pos, v string) { p.scoped().TLS.CAPath = p.resolve(pos, v) },
+		"crlfile": func(p *parser, pos Pos, v string) {
+			// Ignoring it would accept revoked client certificates.
+			p.errorf(pos, "crlfile is not supported by Moat: revoke a client certificate by removing its CA from cafile/capath")
+		},
 		"tls_version": func(p *parser, pos Pos, v string) {
 			switch v {
 			case "tlsv1.2", "tlsv1.3":
