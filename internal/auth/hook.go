@@ -261,9 +261,45 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 func (h *Hook) identity(cl *mqtt.Client) *identity {
 	v, ok := h.ids.Load(cl.ID)
 	if !ok {
-		return nil
+		return h.restoredIdentity(cl)
 	}
 	return v.(*identity)
+}
+
+// restoredIdentity admits a persistent session restored from the store
+// (no connection yet) under the identity it was stored with, so messages
+// for it are queued until its owner reconnects. Its user must still be in
+// the password file; the owner's reconnect replaces this identity.
+func (h *Hook) restoredIdentity(cl *mqtt.Client) *identity {
+	if cl.Net.Conn != nil || cl.Net.Inline {
+		return nil
+	}
+	user := string(cl.Properties.Username)
+	id := &identity{
+		client:   acl.Client{Username: user, HasUsername: user != "", ClientID: cl.ID},
+		listener: cl.Net.Listener,
+		owner:    cl,
+	}
+	sc := h.policy.Load().scope(id.listener)
+	if id.client.HasUsername {
+		fp, ok := "", false
+		if sc.Passwd != nil {
+			fp, ok = sc.Passwd.Fingerprint(user)
+		}
+		if !ok {
+			return nil
+		}
+		id.fingerprint = fp
+	} else if !sc.AllowAnonymous {
+		return nil
+	}
+	if badUser, badID := sc.unsafeIdentity(&id.client); badUser || badID {
+		return nil
+	}
+	if v, loaded := h.ids.LoadOrStore(cl.ID, id); loaded {
+		return v.(*identity)
+	}
+	return id
 }
 
 // OnACLCheck is called with write=true for PUBLISH (before topic-alias

@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/acl"
+	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
 // The per-delivery check runs for every message and subscriber: it must
@@ -69,5 +70,35 @@ func TestOldSessionCleanupKeepsNewIdentity(t *testing.T) {
 	h.OnDisconnect(cur, nil, true)
 	if h.OnACLCheck(cur, "alice/x", false) {
 		t.Fatal("identity kept after its own clean-up")
+	}
+}
+
+// A persistent session restored from the store (no connection) is checked
+// under its stored identity, so messages for it keep being queued; a user
+// no longer in the password file gets nothing.
+func TestRestoredSessionKeepsItsIdentity(t *testing.T) {
+	rules, _, _ := acl.Parse("acl", []byte("pattern readwrite %u/#\n"))
+	h1, err := passwd.Hash([]byte("pw"), "sha512-pbkdf2", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := passwd.Parse("passwd", []byte("alice:"+h1+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules, Passwd: pf}}})
+	for _, tc := range []struct {
+		user string
+		want bool
+	}{{"alice", true}, {"mallory", false}} {
+		cl := srv.NewClient(nil, "l1", "restored-"+tc.user, false)
+		cl.Properties.Username = []byte(tc.user)
+		if got := h.OnACLCheck(cl, tc.user+"/x", false); got != tc.want {
+			t.Fatalf("restored session of %s: delivery allowed %v", tc.user, got)
+		}
+		if h.OnACLCheck(cl, "bob/x", false) {
+			t.Fatalf("restored session of %s reads bob's topics", tc.user)
+		}
 	}
 }
