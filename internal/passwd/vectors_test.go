@@ -11,7 +11,7 @@ import (
 
 // vectorDir holds files written and checked by mosquitto 2.0.11; its README
 // gives every password and what the broker does with each entry.
-const vectorDir = "../../../shared/testdata/mosquitto"
+const vectorDir = "testdata/mosquitto"
 
 func readVector(t *testing.T, name string) []byte {
 	t.Helper()
