@@ -135,6 +135,9 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
 	}
+	if err := b.srv.AddHook(&wire{}, nil); err != nil {
+		return nil, fmt.Errorf("wire hook: %w", err)
+	}
 	b.expiry = &retainedExpiry{srv: b.srv}
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
 		return nil, fmt.Errorf("expiry hook: %w", err)
@@ -174,6 +177,9 @@ func capabilities(cfg *config.Config) *mqtt.Capabilities {
 		c.MaximumSessionExpiryInterval = uint32(min(d/time.Second, 1<<32-1))
 	}
 	c.MinimumProtocolVersion = 3
+	// An ack echoing the PUBLISH's user properties would reflect whatever
+	// a client sends back at it.
+	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
 
