@@ -25,7 +25,7 @@ func (h *Hook) ID() string { return "moat-store" }
 // Provides implements mqtt.Hook.
 func (h *Hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWillSent,
 		mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
@@ -35,20 +35,36 @@ func (h *Hook) Provides(b byte) bool {
 }
 
 // OnPublish refuses retained publishes once a write has failed, so nothing
-// is acknowledged that was not saved. MQTT 5 at QoS>0 gets a 0x80 PUBACK/PUBREC;
-// a 3.1.1 client at QoS>0 has no way to hear a refusal, so its connection is
-// closed; QoS 0 is dropped.
+// is acknowledged that was not saved, and makes a QoS 1/2 publish that
+// stored sessions subscribe to durable before mochi acknowledges it (see
+// pending.go). A refusal reaches MQTT 5 clients at QoS>0 as a 0x80
+// PUBACK/PUBREC; a 3.1.1 client at QoS>0 has no way to hear one, so its
+// connection is closed; QoS 0 is dropped.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !pk.FixedHeader.Retain {
+	if pk.FixedHeader.Retain {
+		err := h.s.Healthy()
+		if err == nil && h.s.isClosed() {
+			err = ErrClosed
+		}
+		if err != nil {
+			return refuse(cl, pk, err)
+		}
+	}
+	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
 		return pk, nil
 	}
-	err := h.s.Healthy()
-	if err == nil && h.s.isClosed() {
-		err = ErrClosed
+	if srv := h.s.srv.Load(); srv != nil {
+		if t := h.s.pendingTargets(srv, &pk, cl.ID); len(t) > 0 {
+			if err := h.s.beginFanout(cl, &pk, t); err != nil {
+				return refuse(cl, pk, err)
+			}
+		}
 	}
-	if err == nil {
-		return pk, nil
-	}
+	return pk, nil
+}
+
+// refuse answers a publish the store could not take.
+func refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
 	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
 		if cl.Properties.ProtocolVersion == 5 {
 			if pk.FixedHeader.Qos == 1 {
@@ -63,10 +79,14 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			})
 			return pk, packets.ErrRejectPacket
 		}
-		cl.Stop(fmt.Errorf("retained message refused: %w", err))
+		cl.Stop(fmt.Errorf("publish refused: %w", err))
 	}
 	return pk, packets.ErrRejectPacket
 }
+
+// OnPublished ends the publish's fan-out: its sessions' records and the
+// deletion of its pending record are committed together.
+func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.s.endFanout(cl) }
 
 // OnRetainMessage runs after mochi updated its in-memory retained set and
 // before it writes the PUBACK/PUBREC, which waits for this call: QoS 1/2
@@ -180,6 +200,7 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // expiring session.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	s := h.s
+	s.endFanout(cl) // a publish whose ack could not be written
 	if !s.current(cl) {
 		return
 	}
@@ -238,7 +259,11 @@ func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, rese
 	if !persistent(cl) || !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
-	s.enqueue(op{kind: opPut, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID), val: appendMessage(nil, &pk)})
+	origin := ""
+	if pk.FixedHeader.Type == packets.Publish {
+		origin = pk.Origin
+	}
+	s.sessionOp(origin, op{kind: opPut, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID), val: appendMessage(nil, &pk)})
 }
 
 // OnQosComplete removes a finished in-flight message.
@@ -252,5 +277,5 @@ func (h *Hook) dropInflight(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || cl.IsTakenOver() || !s.hasSession(cl.ID) {
 		return
 	}
-	s.enqueue(op{kind: opDel, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID)})
+	s.sessionOp("", op{kind: opDel, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID)})
 }

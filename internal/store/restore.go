@@ -28,6 +28,7 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 	now := start.Unix()
 	var expired [][]byte
 	persisted := map[string]struct{}{}
+	var pendingOps []op
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketClients).ForEach(func(k, v []byte) error {
 			rec, err := decodeClient(v)
@@ -100,6 +101,10 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 		}); err != nil {
 			return err
 		}
+		var err error
+		if pendingOps, err = s.restorePending(tx, srv, now, &st); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketRetained).ForEach(func(k, v []byte) error {
 			pk, err := decodeMessage(v)
 			if err == nil && pk.TopicName != string(k) {
@@ -129,9 +134,12 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 	for _, k := range expired {
 		s.enqueueLocked(false, op{kind: opRetained, key: k})
 	}
+	if len(pendingOps) > 0 {
+		s.enqueueLocked(false, pendingOps...)
+	}
 	s.mu.Unlock()
 	st.Duration = time.Since(start)
 	s.log.Info("store restored", "file", s.file, "retained", st.Retained, "expired", st.Expired,
-		"sessions", st.Clients, "subscriptions", st.Subscriptions, "inflight", st.Inflight, "took", st.Duration)
+		"sessions", st.Clients, "subscriptions", st.Subscriptions, "inflight", st.Inflight, "pending", st.Pending, "took", st.Duration)
 	return st, nil
 }

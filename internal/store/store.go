@@ -49,7 +49,7 @@ var (
 	bucketSubs     = []byte("subs")
 	bucketInflight = []byte("inflight")
 	keySchema      = []byte("schema")
-	dataBuckets    = [][]byte{bucketRetained, bucketClients, bucketSubs, bucketInflight}
+	dataBuckets    = [][]byte{bucketRetained, bucketClients, bucketSubs, bucketInflight, bucketPending}
 )
 
 // Options configures Open.
@@ -78,6 +78,7 @@ type Stats struct {
 	Clients       int           // persistent sessions restored
 	Subscriptions int           // their subscriptions
 	Inflight      int           // their queued and in-flight QoS 1/2 messages
+	Pending       int           // messages queued from pending records a crash left
 	Orphans       int           // session records without a client record, skipped
 	Duration      time.Duration // from the start of Restore to its end
 }
@@ -124,6 +125,10 @@ type Store struct {
 	cur       *batch
 	closed    bool
 	persisted map[string]struct{} // client ids with a stored session
+	fan       map[string]*fanout  // publishes between pending record and fan-out end, by publisher id
+	held      map[string]*fanout  // their held-back in-flight records, by key
+	seq       atomic.Uint64       // last pending record key
+	active    atomic.Int32        // len(fan), read without the lock
 
 	kick   chan struct{}
 	urgent chan struct{}
@@ -171,6 +176,8 @@ func Open(o Options) (*Store, error) {
 		onCommit:     o.OnCommit,
 		cur:          newBatch(),
 		persisted:    map[string]struct{}{},
+		fan:          map[string]*fanout{},
+		held:         map[string]*fanout{},
 		kick:         make(chan struct{}, 1),
 		urgent:       make(chan struct{}, 1),
 		stop:         make(chan struct{}),
@@ -221,9 +228,17 @@ func (s *Store) initSchema() error {
 			return fmt.Errorf("unsupported schema version %d (this build reads %d)", v, schemaVersion)
 		}
 		for _, name := range dataBuckets {
-			if tx.Bucket(name) == nil {
-				return fmt.Errorf("bucket %q missing", name)
+			if tx.Bucket(name) != nil {
+				continue
 			}
+			if bytes.Equal(name, bucketPending) {
+				// Files from before pending records: nothing was pending.
+				if _, err := tx.CreateBucket(name); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("bucket %q missing", name)
 		}
 		return nil
 	})
