@@ -23,7 +23,10 @@ type BanOptions struct {
 	IPv4Prefix, IPv6Prefix int
 	// NetworkConcurrency and UserConcurrency cap the password
 	// verifications running at once for one network and for one user;
-	// attempts beyond them are refused at once, without hashing.
+	// attempts beyond them are refused at once, without hashing. The
+	// per-user cap is larger than the per-network one, so one network
+	// cannot fill it, and it does not apply where the user logged in
+	// before: guesses from elsewhere cannot keep the user out.
 	NetworkConcurrency, UserConcurrency int
 	// TrustFor is how long a successful login of a user from a network
 	// exempts that user there from the network's ban.
@@ -34,7 +37,7 @@ type BanOptions struct {
 const (
 	NetworkFactor             = 4
 	DefaultNetworkConcurrency = 4
-	DefaultUserConcurrency    = 4
+	DefaultUserConcurrency    = 8
 	DefaultTrustFor           = 7 * 24 * time.Hour
 )
 
@@ -90,6 +93,8 @@ type attempt struct {
 	network string
 	named   bool // a username was given
 	known   bool // ...and it is in the password file
+	// userSlot: begin counted it against the per-user cap.
+	userSlot bool
 }
 
 // verdict is the answer to an attempt that wants a verification.
@@ -215,22 +220,26 @@ func (b *bans) banned(a attempt) bool {
 
 // begin charges a named attempt that needs a password verification, or
 // refuses it. An admitted attempt must be ended with end.
-func (b *bans) begin(a attempt) verdict {
+func (b *bans) begin(a *attempt) verdict {
 	now := b.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.blocked(a, now) {
+	if b.blocked(*a, now) {
 		return refusedBanned
 	}
 	nk := a.networkKey()
+	userSlot := a.known && !b.isTrusted(*a, now)
 	if n := b.entries[nk]; n != nil && n.inflight >= b.opt.NetworkConcurrency ||
-		a.known && b.userBusy[a.user] >= b.opt.UserConcurrency {
+		userSlot && b.userBusy[a.user] >= b.opt.UserConcurrency {
 		return refusedBusy
 	}
 	b.charge(nk, now)
 	if a.known {
 		b.charge(a.userKey(), now)
+	}
+	if userSlot {
 		b.userBusy[a.user]++
+		a.userSlot = true
 	}
 	return admitted
 }
@@ -257,6 +266,8 @@ func (b *bans) end(a attempt, failed bool) bool {
 	keys := []banKey{a.networkKey()}
 	if a.known {
 		keys = append(keys, a.userKey())
+	}
+	if a.userSlot {
 		if b.userBusy[a.user]--; b.userBusy[a.user] <= 0 {
 			delete(b.userBusy, a.user)
 		}

@@ -36,7 +36,7 @@ func anonymous(b *bans, ip string) attempt     { return b.attempt("", false, fal
 
 // verify runs one verification through begin/end, as OnConnect does.
 func verify(b *bans, a attempt, good bool) verdict {
-	v := b.begin(a)
+	v := b.begin(&a)
 	if v == admitted {
 		b.end(a, !good)
 		if good {
@@ -182,7 +182,7 @@ func TestBansChargeAtStart(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				a := mk(i)
-				if b.begin(a) == admitted {
+				if b.begin(&a) == admitted {
 					mu.Lock()
 					held = append(held, a)
 					mu.Unlock()
@@ -193,7 +193,7 @@ func TestBansChargeAtStart(t *testing.T) {
 		return len(held), held
 	}
 	n, held := count(func(int) attempt { return known(b, "alice", ip) })
-	if n > DefaultUserConcurrency || n > 5 {
+	if n > DefaultNetworkConcurrency {
 		t.Fatalf("300 parallel guesses for alice: %d admitted at once", n)
 	}
 	for _, a := range held {
@@ -284,12 +284,24 @@ func TestBansDisabled(t *testing.T) {
 		t.Fatal("ban_threshold 0 must disable bans")
 	}
 	// The concurrency caps still hold.
-	for range DefaultUserConcurrency {
-		if b.begin(known(b, "alice", "192.0.2.1")) != admitted {
+	for i := range DefaultUserConcurrency {
+		a := known(b, "alice", fmt.Sprintf("192.0.2.%d", 10+i))
+		if b.begin(&a) != admitted {
 			t.Fatal("refused under the cap")
 		}
 	}
-	if v := b.begin(known(b, "alice", "192.0.2.2")); v != refusedBusy {
+	a := known(b, "alice", "192.0.2.200")
+	if v := b.begin(&a); v != refusedBusy {
 		t.Errorf("verification past the per-user cap: %d, want busy", v)
+	}
+	// ...except where alice logged in before.
+	b.succeed(known(b, "alice", "198.51.100.1"))
+	a = known(b, "alice", "198.51.100.1")
+	if v := b.begin(&a); v != admitted {
+		t.Errorf("alice where she logged in before, per-user cap full: %d, want admitted", v)
+	}
+	a = known(b, "bob", "192.0.2.201")
+	if v := b.begin(&a); v != admitted {
+		t.Errorf("bob refused while alice's cap is full: %d", v)
 	}
 }

@@ -215,7 +215,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// A password remembered as good costs no hash and takes no slot;
 		// everything else is charged before it is hashed.
 		if !h.verifier.Remembered(sc.Passwd, user, pk.Connect.Password) {
-			switch h.bans.begin(at) {
+			switch h.bans.begin(&at) {
 			case refusedBanned:
 				return fail(refuseBanned, "banned", false)
 			case refusedBusy:

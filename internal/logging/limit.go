@@ -32,10 +32,12 @@ type Limiter struct {
 	o   LimitOptions
 	log *slog.Logger
 
-	mu      sync.Mutex
-	keys    map[string]*limitEntry
-	other   int
-	pending bool // a flush timer is armed
+	mu         sync.Mutex
+	keys       map[string]*limitEntry
+	other      int // lines of untracked keys since otherStart
+	otherStart time.Time
+	lastFlush  time.Time
+	pending    bool // a flush timer is armed
 }
 
 type limitEntry struct {
@@ -80,10 +82,15 @@ func (l *Limiter) Allow(key string) bool {
 		e = nil
 	}
 	if e == nil {
-		if len(l.keys) >= l.o.MaxKeys {
+		// Full: drop ended windows, at most once a window (a flood of
+		// new keys must not make every call walk the map).
+		if len(l.keys) >= l.o.MaxKeys && now.Sub(l.lastFlush) >= l.o.Window {
 			l.flushLocked(now)
 		}
 		if len(l.keys) >= l.o.MaxKeys {
+			if l.other == 0 {
+				l.otherStart = now
+			}
 			l.other++
 			l.arm()
 			return false
@@ -108,13 +115,14 @@ func (l *Limiter) Flush() {
 }
 
 func (l *Limiter) flushLocked(now time.Time) {
+	l.lastFlush = now
 	for k, e := range l.keys {
 		if now.Sub(e.start) >= l.o.Window {
 			l.summarize(k, e)
 		}
 	}
-	if l.other > 0 {
-		l.log.Warn(l.o.Message, l.o.KeyAttr, OtherKey, "suppressed", l.other)
+	if l.other > 0 && now.Sub(l.otherStart) >= l.o.Window {
+		l.log.Warn(l.o.Message, l.o.KeyAttr, OtherKey, "suppressed", l.other, "seconds", l.o.Window.Seconds())
 		l.other = 0
 	}
 }
@@ -138,11 +146,12 @@ func (l *Limiter) arm() {
 		defer l.mu.Unlock()
 		l.pending = false
 		l.flushLocked(l.o.Now())
+		again := l.other > 0
 		for _, e := range l.keys {
-			if e.suppressed > 0 {
-				l.arm()
-				break
-			}
+			again = again || e.suppressed > 0
+		}
+		if again {
+			l.arm()
 		}
 	})
 }

@@ -30,12 +30,13 @@ var clientKeys = map[string]bool{
 // client-supplied (escaped and cut at ClientStringMax).
 func ClientKey(key string) bool { return clientKeys[key] }
 
-// sanitize escapes and truncates string and error values: the text
-// handler quotes a value that holds a space, '=' or '"' and escapes the
-// quote, the JSON handler escapes it; sanitize additionally escapes every
-// character that is not printable (line breaks, terminal escapes,
-// bidirectional overrides, invalid UTF-8), so one attribute can never start
-// a new line or pass for another field.
+// sanitize escapes and truncates string and error values. Both handlers
+// escape quotes, ASCII control characters (line breaks, ESC) and invalid
+// UTF-8, and the text handler quotes a value that holds a space, '=' or
+// '"'; sanitize escapes the non-printable characters the JSON handler
+// would write raw (DEL, C1 controls such as CSI, bidirectional overrides),
+// so no attribute can start a new line, move the terminal's cursor or pass
+// for another field.
 func sanitize(a slog.Attr) slog.Attr {
 	limit := otherStringMax
 	if clientKeys[a.Key] {
@@ -58,13 +59,15 @@ func sanitize(a slog.Attr) slog.Attr {
 	return a
 }
 
-// Escape returns s with every non-printable character written as a Go
-// escape (\n, \x1b, \u202e) and cut to at most limit bytes, followed by a
-// marker saying how many bytes of s were left out.
+// Escape returns s with every non-printable character at or above DEL
+// written as a Go escape (\x7f, \u202e) and cut to at most limit bytes,
+// followed by a marker saying how many bytes of s were left out. ASCII
+// control characters and invalid UTF-8 are left for the handler, which
+// escapes them.
 func Escape(s string, limit int) string {
 	clean := true
 	for _, r := range s {
-		if r == utf8.RuneError || !printable(r) {
+		if !printable(r) {
 			clean = false
 			break
 		}
@@ -79,23 +82,10 @@ func Escape(s string, limit int) string {
 		r, size := utf8.DecodeRuneInString(s[i:])
 		var piece string
 		switch {
-		case r == utf8.RuneError && size == 1:
-			piece = fmt.Sprintf(`\x%02x`, s[i])
+		case !printable(r) && r == 0x7f:
+			piece = `\x7f`
 		case !printable(r):
-			switch r {
-			case '\n':
-				piece = `\n`
-			case '\r':
-				piece = `\r`
-			case '\t':
-				piece = `\t`
-			default:
-				if r < 0x80 {
-					piece = fmt.Sprintf(`\x%02x`, r)
-				} else {
-					piece = fmt.Sprintf(`\u%04x`, r)
-				}
-			}
+			piece = fmt.Sprintf(`\u%04x`, r)
 		default:
 			piece = s[i : i+size]
 		}
@@ -109,6 +99,8 @@ func Escape(s string, limit int) string {
 	return b.String()
 }
 
+// printable: what may stay as it is. ASCII controls and invalid UTF-8
+// (RuneError) count as printable here because the handlers escape them.
 func printable(r rune) bool {
-	return r == ' ' || unicode.IsPrint(r) && r != '\u2028' && r != '\u2029'
+	return r < 0x7f || r == utf8.RuneError || unicode.IsPrint(r)
 }

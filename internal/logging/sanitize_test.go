@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 func TestEscape(t *testing.T) {
@@ -17,15 +18,13 @@ func TestEscape(t *testing.T) {
 	}{
 		{"plain", "sensor-1", 256, "sensor-1"},
 		{"quotes and ip= stay for the handler to quote", `x" ip=203.0.113.50 `, 256, `x" ip=203.0.113.50 `},
-		{"newline", "a\nlevel=WARN", 256, `a\nlevel=WARN`},
-		{"carriage return and tab", "a\r\tb", 256, `a\r\tb`},
-		{"NUL and ESC", "a\x00\x1b[31m", 256, `a\x00\x1b[31m`},
+		{"ASCII controls are left to the handler", "a\n\r\t\x00\x1b[31m", 256, "a\n\r\t\x00\x1b[31m"},
 		{"DEL", "a\x7f", 256, `a\x7f`},
-		{"invalid UTF-8", "a\xff\xfeb", 256, `a\xff\xfeb`},
+		{"C1 control (CSI)", "a\u009b2J", 256, `a\u009b2J`},
 		{"bidi override and line separator", "a\u202eb\u2028c", 256, `a\u202eb\u2028c`},
 		{"printable unicode kept", "küche-ß", 256, "küche-ß"},
 		{"truncated", long, 256, strings.Repeat("a", 256) + "...[65280 more bytes]"},
-		{"truncation never splits an escape", strings.Repeat("\n", 10), 5, `\n\n...[8 more bytes]`},
+		{"truncation never splits an escape", strings.Repeat("\u202e", 10), 13, `\u202e\u202e...[24 more bytes]`},
 		{"truncation never splits a rune", "ééé", 5, "éé...[2 more bytes]"},
 	}
 	for _, tt := range tests {
@@ -46,6 +45,7 @@ func TestClientStringsInLines(t *testing.T) {
 		`x" ip=203.0.113.50 "`,
 		"x\nlevel=WARN msg=\"authentication failed\" ip=203.0.113.50 ",
 		"x\r\x1b[2K\x00 ip=203.0.113.50",
+		"x\u2028\u009b\u202e\xff ip=203.0.113.50",
 		`{"ip":"203.0.113.50"}`,
 		"x\",\"ip\":\"203.0.113.50",
 		strings.Repeat("ip=203.0.113.50 ", 4096),
@@ -61,6 +61,11 @@ func TestClientStringsInLines(t *testing.T) {
 			out := buf.String()
 			if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\n") {
 				t.Fatalf("%s: %q became %d lines:\n%s", format, h[:min(len(h), 40)], strings.Count(out, "\n"), out)
+			}
+			for _, r := range out[:len(out)-1] {
+				if !unicode.IsPrint(r) {
+					t.Errorf("%s: raw non-printable %U in %q", format, r, out)
+				}
 			}
 			if len(out) > 2*ClientStringMax+otherStringMax+300 {
 				t.Errorf("%s: line of %d bytes for a %d-byte value", format, len(out), len(h))
