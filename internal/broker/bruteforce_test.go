@@ -86,7 +86,12 @@ func TestParallelGuessesAreNotHashed(t *testing.T) {
 			return opts{v: 4, id: fmt.Sprint("guess", i), user: "alice", hasUser: true, pass: fmt.Sprint("guess", i), hasPass: true, keepalive: 30, local: attacker}
 		})
 	}()
-	// A legitimate login from another address while the flood runs.
+	// A legitimate login from another address while the flood runs: once
+	// the broker has answered a first guess.
+	deadline := time.Now().Add(waitLong)
+	for len(tb.logs.lines("authentication failed", "ip="+attacker+" ")) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	o := as(5, "alice", "legit")
 	o.local = "127.0.0.21"
 	t0 := time.Now()
@@ -265,7 +270,8 @@ func TestBannedFloodLogBounded(t *testing.T) {
 		summary = tb.logs.lines("repeated refusals not logged", "network="+attacker+"/32", "suppressed=")
 	}
 	if len(summary) == 0 {
-		t.Fatalf("no summary of the suppressed lines:\n%s", tb.logs.String()[before:])
+		tail := tb.logs.String()
+		t.Fatalf("no summary of the suppressed lines; log ends:\n%s", tail[max(len(tail)-2000, 0):])
 	}
 	t.Logf("summary: %s", summary[0])
 }
