@@ -90,3 +90,35 @@ func TestClientStringsInLines(t *testing.T) {
 		}
 	}
 }
+
+// FuzzEscape: whatever a client sends, the result is bounded, holds no
+// raw non-printable character the handlers would pass through, and keeps
+// a clean prefix of the input unchanged.
+func FuzzEscape(f *testing.F) {
+	for _, s := range []string{"", "sensor-1", "x ip=203.0.113.50 ", "a\u202e\u009b\x7f", "\xff\xfe", strings.Repeat("é", 300)} {
+		f.Add(s, 16)
+	}
+	f.Fuzz(func(t *testing.T, s string, limit int) {
+		limit = 1 + abs(limit)%512
+		out := Escape(s, limit)
+		body, _, cut := strings.Cut(out, "...[")
+		if len(body) > limit {
+			t.Fatalf("Escape(%q, %d) kept %d bytes", s, limit, len(body))
+		}
+		if !cut && len(s) <= limit && out != s && strings.IndexFunc(s, func(r rune) bool { return !printable(r) }) < 0 {
+			t.Fatalf("Escape changed a clean string: %q -> %q", s, out)
+		}
+		for _, r := range out {
+			if !printable(r) {
+				t.Fatalf("Escape(%q) left %U raw", s, r)
+			}
+		}
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
