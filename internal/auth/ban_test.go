@@ -2,6 +2,8 @@ package auth
 
 import (
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -303,5 +305,29 @@ func TestBansDisabled(t *testing.T) {
 	a = known(b, "bob", "192.0.2.201")
 	if v := b.begin(&a); v != admitted {
 		t.Errorf("bob refused while alice's cap is full: %d", v)
+	}
+}
+
+// The README states the numbers the code uses.
+func TestBanNumbersInREADME(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := strings.Join(strings.Fields(string(data)), " ")
+	b := newBans(BanOptions{Threshold: 5}, time.Now)
+	for _, want := range []string{
+		fmt.Sprintf("`ban_threshold` (%d) failures ban that user from that network only", b.opt.Threshold),
+		fmt.Sprintf("%d × `ban_threshold` (%d) failures ban the network", NetworkFactor, NetworkFactor*b.opt.Threshold),
+		fmt.Sprintf("%d × `ban_threshold` (%d) failures ban anonymous attempts", NetworkFactor, NetworkFactor*b.opt.Threshold),
+		fmt.Sprintf("during the last %d days", int(DefaultTrustFor.Hours()/24)),
+		fmt.Sprintf("A ban lasts %v s, doubles", b.opt.Base.Seconds()),
+		fmt.Sprintf("at most %d password verifications run at once per network and %d per user", DefaultNetworkConcurrency, DefaultUserConcurrency),
+		fmt.Sprintf("logged at most %d times per network in %v", refusalLogBurst, refusalLogWindow.Seconds()) + " s",
+		"default /32", "default /64",
+	} {
+		if !strings.Contains(readme, want) {
+			t.Errorf("README does not say %q", want)
+		}
 	}
 }
