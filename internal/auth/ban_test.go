@@ -331,3 +331,19 @@ func TestBanNumbersInREADME(t *testing.T) {
 		}
 	}
 }
+
+// A verification that never ran (shutdown) releases its charge and
+// counts no failure.
+func TestBansAbortedVerificationReleases(t *testing.T) {
+	b, _ := newTestBans(BanOptions{Threshold: 1})
+	for range 100 {
+		a := known(b, "alice", "192.0.2.9")
+		if v := b.begin(&a); v != admitted {
+			t.Fatalf("refused after aborted verifications: %d", v)
+		}
+		b.end(a, false)
+	}
+	if len(b.entries) != 0 || len(b.userBusy) != 0 {
+		t.Fatalf("aborted verifications left %d entries, %d busy users", len(b.entries), len(b.userBusy))
+	}
+}
