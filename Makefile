@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real: mosquitto clients and broker (side-by-side
 # checks), FUSE for gocryptfs, paho for the Home Assistant imitation, Chromium for MQTT.js.
-APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt python3 chromium
+APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt python3 chromium fail2ban
 TEST_TIMEOUT ?= 15m
 
 .PHONY: all build run test deps vet fmt-check fuzz bench clean

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/acl"
+	"github.com/moat-mqtt/moat/internal/logging"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -45,6 +46,7 @@ type Hook struct {
 	policy   atomic.Pointer[Policy]
 	verifier *passwd.Verifier
 	bans     *bans
+	quiet    *logging.Limiter // refusal lines per network
 	events   Events
 	log      *slog.Logger
 	ctx      context.Context
@@ -94,9 +96,21 @@ func New(o Options) *Hook {
 		now = time.Now
 	}
 	h.bans = newBans(o.Bans, now)
+	h.quiet = logging.NewLimiter(h.log, logging.LimitOptions{
+		Burst: refusalLogBurst, Window: refusalLogWindow,
+		Message: "repeated refusals not logged", KeyAttr: "network", Now: now,
+	})
 	h.policy.Store(o.Policy)
 	return h
 }
+
+// Refusals that do not count towards a ban (a banned client retrying, a
+// refused keepalive) are logged at most refusalLogBurst times per network
+// in each refusalLogWindow, then summarised.
+const (
+	refusalLogBurst  = 5
+	refusalLogWindow = 10 * time.Second
+)
 
 // ID implements mqtt.Hook.
 func (h *Hook) ID() string { return "moat-auth" }
@@ -147,21 +161,37 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	ip := remoteIP(cl)
 	user := string(cl.Properties.Username)
 	hasUser := pk.Connect.UsernameFlag
-	logAttrs := func(reason string) []any {
-		return []any{"user", user, "ip", ip, "listener", cl.Net.Listener, "client", cl.ID, "reason", reason}
+	known := false
+	if hasUser && sc.Passwd != nil {
+		_, known = sc.Passwd.Fingerprint(user)
 	}
-	fail := func(r refusal, metricReason string, counts bool) error {
+	at := h.bans.attempt(user, hasUser, known, ip)
+	// The address comes first, before anything the client chose, so a
+	// fail2ban regex anchored on the message cannot be steered.
+	logAttrs := func(reason string) []any {
+		return []any{"ip", ip, "user", user, "listener", cl.Net.Listener, "client", cl.ID, "reason", reason}
+	}
+	// refused answers and logs a refusal. Failures that count towards a
+	// ban are bounded by the ban and always logged (fail2ban counts
+	// them); repeated refusals that do not count are rate-limited per
+	// network.
+	refused := func(r refusal, metricReason string, counted, banStarted bool) error {
 		h.events.AuthFailure(metricReason)
-		if counts && h.bans.fail(user, ip) {
+		if banStarted {
 			h.events.Ban()
-			h.log.Warn("ban started", logAttrs(metricReason)...)
+			h.log.Warn("ban started", append(logAttrs(metricReason), "network", at.network)...)
 		}
-		h.log.Warn("authentication failed", logAttrs(metricReason)...)
+		if counted || h.quiet.Allow(at.network) {
+			h.log.Warn("authentication failed", logAttrs(metricReason)...)
+		}
 		h.refuse(cl, r)
 		return errRefused
 	}
+	fail := func(r refusal, metricReason string, counts bool) error {
+		return refused(r, metricReason, counts, counts && h.bans.fail(at))
+	}
 
-	if h.bans.banned(user, ip) {
+	if h.bans.banned(at) {
 		return fail(refuseBanned, "banned", false)
 	}
 	if err := h.capKeepalive(cl, p); err != nil {
@@ -182,13 +212,24 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if !pk.Connect.PasswordFlag {
 			return fail(refuseAuth, "no_password", true)
 		}
-		ok, err := h.verifier.Verify(h.ctx, sc.Passwd, user, pk.Connect.Password)
-		if err != nil {
-			h.refuse(cl, refusal{v3: 3, v5: 0x88, reason: "server unavailable"})
-			return err
-		}
-		if !ok {
-			return fail(refuseAuth, "bad_credentials", true)
+		// A password remembered as good costs no hash and takes no slot;
+		// everything else is charged before it is hashed.
+		if !h.verifier.Remembered(sc.Passwd, user, pk.Connect.Password) {
+			switch h.bans.begin(&at) {
+			case refusedBanned:
+				return fail(refuseBanned, "banned", false)
+			case refusedBusy:
+				return fail(refuseBanned, "busy", false)
+			}
+			ok, err := h.verifier.Verify(h.ctx, sc.Passwd, user, pk.Connect.Password)
+			started := h.bans.end(at, err == nil && !ok)
+			if err != nil {
+				h.refuse(cl, refusal{v3: 3, v5: 0x88, reason: "server unavailable"})
+				return err
+			}
+			if !ok {
+				return refused(refuseAuth, "bad_credentials", true, started)
+			}
 		}
 		fingerprint, _ = sc.Passwd.Fingerprint(user)
 	}
@@ -220,7 +261,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return fail(refuseAuth, "will_denied", false)
 		}
 	}
-	h.bans.succeed(user, ip)
+	h.bans.succeed(at)
 	h.ids.Store(cl.ID, id)
 	return nil
 }

@@ -45,6 +45,8 @@ type setup struct {
 	conf string
 	// anonymous sets allow_anonymous.
 	anonymous bool
+	// logFormat is log_format ("" : text).
+	logFormat string
 }
 
 // testBroker is a running broker and the files it was built from.
@@ -162,7 +164,7 @@ func startBroker(t testing.TB, s setup) *testBroker {
 	}
 	logs := &logBuffer{}
 	// Moat's own logging pipeline (with its redaction), at debug level.
-	lg, err := logging.New(logging.Options{Types: map[string]bool{"all": true}, Stderr: logs})
+	lg, err := logging.New(logging.Options{Format: s.logFormat, Types: map[string]bool{"all": true}, Stderr: logs})
 	if err != nil {
 		t.Fatal(err)
 	}
