@@ -30,8 +30,9 @@ var allowed = map[string][]string{
 	"internal/passwd":  nil,
 	"internal/store":   nil,
 	"internal/layers":  nil,
-	// The auth hook decides with the password and ACL files.
-	"internal/auth": {"internal/acl", "internal/passwd"},
+	// The auth hook decides with the password and ACL files, and rate-limits
+	// its refusal lines with the logging package.
+	"internal/auth": {"internal/acl", "internal/logging", "internal/passwd"},
 	// The assembler knows every part.
 	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
 		"internal/cryptfs", "internal/listen", "internal/logging", "internal/metrics", "internal/passwd", "internal/store"},
