@@ -311,11 +311,31 @@ func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 		if cl.Net.Conn != conn {
 			continue
 		}
+		// mochi's own end-of-session step did not run. A persistent
+		// session stays, offline, with its subscriptions and its in-flight
+		// and queued messages, as after any abnormal disconnect; only a
+		// clean one is removed.
+		cl.Stop(errSessionPanicked)
+		if persistentSession(cl) {
+			b.log.Error("client session panicked; its persistent session is kept", "client", cl.ID, "remote", remote)
+			continue
+		}
 		b.srv.UnsubscribeClient(cl)
 		cl.ClearInflights()
 		b.srv.Clients.Delete(cl.ID)
 		b.log.Error("client session panicked and was removed", "client", cl.ID, "remote", remote)
 	}
+}
+
+var errSessionPanicked = errors.New("session panicked")
+
+// persistentSession is mochi's rule for a session that outlives its
+// connection.
+func persistentSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }
 
 func (b *Broker) startAdmin() error {
