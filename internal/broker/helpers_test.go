@@ -156,6 +156,16 @@ func startBroker(t testing.TB, s setup) *testBroker {
 	t.Helper()
 	dir := t.TempDir()
 	conf, pw, aclPath := writeSetup(t, dir, s)
+	tb := startConf(t, dir, conf, listenerID)
+	tb.passwd, tb.acl = pw, aclPath
+	return tb
+}
+
+// startConf starts a broker from a configuration file already in dir
+// (for layouts writeSetup cannot express). listener is the id whose
+// address becomes tb.addr.
+func startConf(t testing.TB, dir, conf, listener string) *testBroker {
+	t.Helper()
 	cfg, err := config.Load(conf, nil)
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -178,11 +188,11 @@ func startBroker(t testing.TB, s setup) *testBroker {
 		defer cancel()
 		_ = b.Close(ctx)
 	})
-	a := b.Addr(listenerID)
+	a := b.Addr(listener)
 	if a == nil {
-		t.Fatalf("no listener %s", listenerID)
+		t.Fatalf("no listener %s", listener)
 	}
-	return &testBroker{t: t, dir: dir, conf: conf, passwd: pw, acl: aclPath, b: b, addr: a.String(), logs: logs}
+	return &testBroker{t: t, dir: dir, conf: conf, b: b, addr: a.String(), logs: logs}
 }
 
 // ---- raw MQTT clients (internal/mqtttest), bound to the test ----
