@@ -326,39 +326,45 @@ const squatACL = tableBACL + "pattern readwrite public/#\n"
 func TestClientIDSquatting(t *testing.T) {
 	tb := startBroker(t, setup{acl: squatACL})
 	pub := connect(t, tb.addr, as(5, "alice", "squat-pub"))
+	hostile := []string{"alice-phone", `dev "quoted" ip=203.0.113.50 `, "dev\nlevel=ERROR msg=forged\x1b[31m"}
 	for _, v := range []byte{4, 5} {
-		t.Run(versionName(v), func(t *testing.T) {
-			id := "alice-phone-" + versionName(v)
-			squat := connect(t, tb.addr, persistent(as(v, "bob", id)))
-			squat.mustSubscribe("public/#", "bob/#")
-			squat.disconnect()
-			tb.waitOffline(id)
-			pub.publish("public/queued", "for bob", 1, false)
+		for n, base := range hostile {
+			t.Run(fmt.Sprintf("%s/%d", versionName(v), n), func(t *testing.T) {
+				id := base + "-" + versionName(v)
+				squat := connect(t, tb.addr, persistent(as(v, "bob", id)))
+				squat.mustSubscribe("public/#", "bob/#")
+				squat.disconnect()
+				tb.waitOffline(id)
+				pub.publish("public/queued", "for bob", 1, false)
 
-			alice := fresh(t, tb.addr, persistent(as(v, "alice", id)))
-			if u, _ := tb.session(id); u != "alice" {
-				t.Errorf("session of %s belongs to %q, want alice", id, u)
-			}
-			alice.mustSubscribe("alice/#")
-			pub.publish("public/after", "bob's subscription is gone", 1, false)
-			pub.publish("alice/end", "marker", 1, false)
-			expectOnly(t, alice, "alice/end")
+				alice := fresh(t, tb.addr, persistent(as(v, "alice", id)))
+				if u, _ := tb.session(id); u != "alice" {
+					t.Errorf("session of %s belongs to %q, want alice", id, u)
+				}
+				alice.mustSubscribe("alice/#")
+				pub.publish("public/after", "bob's subscription is gone", 1, false)
+				pub.publish("alice/end", "marker", 1, false)
+				expectOnly(t, alice, "alice/end")
 
-			// Now alice's live session refuses bob.
-			thief, ack := dial(t, tb.addr, persistent(as(v, "bob", id)))
-			if ack.ReasonCode != idRefused(v) {
-				t.Errorf("bob against alice's live session: CONNACK 0x%02x, want 0x%02x", ack.ReasonCode, idRefused(v))
-			}
-			thief.waitClosed()
-			if got := thief.topics(); len(got) != 0 {
-				t.Errorf("bob received %v", got)
-			}
-			alice.ping()
-			alice.disconnect()
-			tb.waitOffline(id)
-			alice = resume(t, tb.addr, persistent(as(v, "alice", id)))
-			alice.disconnect()
-		})
+				// Now alice's live session refuses bob.
+				thief, ack := dial(t, tb.addr, persistent(as(v, "bob", id)))
+				if ack.ReasonCode != idRefused(v) {
+					t.Errorf("bob against alice's live session: CONNACK 0x%02x, want 0x%02x", ack.ReasonCode, idRefused(v))
+				}
+				thief.waitClosed()
+				if got := thief.topics(); len(got) != 0 {
+					t.Errorf("bob received %v", got)
+				}
+				alice.ping()
+				alice.disconnect()
+				tb.waitOffline(id)
+				alice = resume(t, tb.addr, persistent(as(v, "alice", id)))
+				alice.disconnect()
+			})
+		}
+	}
+	if l := tb.logs.lines("session discarded"); len(l) != 2*len(hostile) {
+		t.Errorf("%d discard log lines, want %d", len(l), 2*len(hostile))
 	}
 }
 
@@ -412,9 +418,9 @@ func TestRemovedUsersSessionsGo(t *testing.T) {
 	}
 }
 
-// TestClientIDRace: two users CONNECT at the same moment with one fresh
-// client id, 200 times. Exactly one gets it; the other is refused with the
-// client-id code; the winner keeps its connection and acts as itself.
+// TestClientIDRace: three users CONNECT at the same moment with one fresh
+// client id, 200 times. Exactly one gets it; the others are refused with
+// the client-id code; the winner keeps its connection and acts as itself.
 func TestClientIDRace(t *testing.T) {
 	tb := startBroker(t, setup{acl: squatACL, conf: "ban_threshold 0\n"})
 	pub := connect(t, tb.addr, as(5, "admin", "race-pub"))
@@ -422,7 +428,7 @@ func TestClientIDRace(t *testing.T) {
 	for i := range rounds {
 		v := byte(4 + i%2)
 		id := fmt.Sprintf("race-%d", i)
-		users := []string{"alice", "bob"}
+		users := []string{"alice", "bob", "admin"}
 		type result struct {
 			c   *mqtttest.Client
 			ack byte
@@ -470,7 +476,8 @@ func TestClientIDRace(t *testing.T) {
 		if u, _ := tb.session(id); u != users[w] {
 			t.Fatalf("round %d: session of %s belongs to %q, want %s", i, id, u, users[w])
 		}
-		codes := c.subscribe(users[w]+"/race", users[1-w]+"/race", "public/"+id)
+		other := users[(w+1)%len(users)]
+		codes := c.subscribe(users[w]+"/race", other+"/race", "public/"+id)
 		if !slices.Equal(codes, []byte{1, refused(v), 1}) {
 			t.Fatalf("round %d: %s got SUBACK %v, want [1 0x%02x 1]", i, users[w], codes, refused(v))
 		}
@@ -479,10 +486,14 @@ func TestClientIDRace(t *testing.T) {
 			t.Fatalf("round %d: winner %s got nothing: %v", i, users[w], c.err())
 		}
 		c.disconnect()
-		loser := res[1-w].c
-		loser.WaitClosed()
-		if got := loser.Topics(); len(got) != 0 {
-			t.Fatalf("round %d: refused %s received %v", i, users[1-w], got)
+		for j, r := range res {
+			if j == w {
+				continue
+			}
+			r.c.WaitClosed()
+			if got := r.c.Topics(); len(got) != 0 {
+				t.Fatalf("round %d: refused %s received %v", i, users[j], got)
+			}
 		}
 	}
 }
