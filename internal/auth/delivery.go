@@ -24,6 +24,10 @@ func (g *deliveryGuard) Provides(b byte) bool { return b == mqtt.OnPacketEncode 
 // OnPacketEncode cannot drop a packet, but a packet larger than its
 // Mods.MaxSize is refused by mochi's writer: a denied delivery gets a
 // MaxSize of 1 and is never written; its in-flight record goes too.
+// Swap and OnSessionEstablish remove such deliveries beforehand, so this
+// only bites in a race with a reload; in flight and waiting for receive
+// quota, the dropped message keeps one unit of that quota until the
+// client reconnects (mochi takes it after the write).
 func (g *deliveryGuard) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
 		return pk

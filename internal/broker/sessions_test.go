@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
@@ -128,6 +131,7 @@ func TestQueuedMessagesMeetACLInForce(t *testing.T) {
 			alice := connect(t, tb.addr, o)
 			alice.mustSubscribe("news/#", "secret/#")
 			alice.disconnect()
+			tb.waitOffline(o.id)
 			bob := connect(t, tb.addr, as(5, "bob", "bob-q"))
 			bob.publish("secret/1", "queued", 1, false)
 			bob.publish("news/1", "queued", 1, false)
@@ -171,12 +175,61 @@ func TestQueuedMessagesMeetACLInForce(t *testing.T) {
 			expectOnly(t, alice, "news/end", "news/2")
 		})
 
+		if v == 5 {
+			t.Run("v5/waiting for receive quota on a live connection, reload", func(t *testing.T) {
+				tb := startBroker(t, setup{acl: queuedACL})
+				m := as(5, "alice", "alice-quota").options()
+				m.AutoAck = false
+				conn, err := net.Dial("tcp", tb.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw := mqtttest.New(conn, m)
+				t.Cleanup(func() { _ = raw.Close() })
+				pk := mqtttest.ConnectPacket(m)
+				pk.Properties.ReceiveMaximum = 1 // one delivery in flight at a time
+				b, err := mqtttest.Encode(pk, 5)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := raw.WriteBytes(b); err != nil {
+					t.Fatal(err)
+				}
+				if ack, ok := raw.WaitPacket(packets.Connack, 0, waitLong); !ok || ack.ReasonCode != 0 {
+					t.Fatalf("CONNACK %v 0x%02x", ok, ack.ReasonCode)
+				}
+				alice := &client{Client: raw, t: t}
+				alice.MustSubscribe(t, 1, "news/#", "secret/#")
+				bob := connect(t, tb.addr, as(5, "bob", "bob-quota"))
+				for _, topic := range []string{"news/1", "secret/1"} {
+					bob.publish(topic, "x", 1, false)
+				}
+				first, ok := raw.WaitPacket(packets.Publish, 0, waitLong)
+				if !ok || first.TopicName != "news/1" {
+					t.Fatalf("first delivery %q %v", first.TopicName, ok)
+				}
+				writeFile(t, tb.acl, queuedACLAfter)
+				if err := tb.b.Reload(); err != nil {
+					t.Fatal(err)
+				}
+				// The acknowledgement frees the quota for the next delivery,
+				// which mochi sends without asking the ACL.
+				alice.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: first.PacketID})
+				bob.publish("news/end", "marker", 1, false)
+				next, ok := raw.WaitPacket(packets.Publish, 0, waitLong)
+				if !ok || next.TopicName != "news/end" {
+					t.Fatalf("after the reload got %q, want the marker news/end; all: %v", next.TopicName, alice.topics())
+				}
+			})
+		}
+
 		t.Run(versionName(v)+"/queued offline, restart", func(t *testing.T) {
 			tb := startBroker(t, setup{acl: queuedACL, conf: persistConf})
 			o := persistent(as(v, "alice", "alice-r-"+versionName(v)))
 			alice := connect(t, tb.addr, o)
 			alice.mustSubscribe("news/#", "secret/#")
 			alice.disconnect()
+			tb.waitOffline(o.id)
 			bob := connect(t, tb.addr, as(5, "bob", "bob-r"))
 			bob.publish("secret/3", "queued", 1, false)
 			bob.publish("news/3", "queued", 1, false)
@@ -292,6 +345,7 @@ func TestSessionBelongsToListenerScope(t *testing.T) {
 			alice := connect(t, tb.addr, persistent(as(5, "alice", id)))
 			alice.mustSubscribe("alice/#")
 			alice.disconnect()
+			tb.waitOffline(id)
 		}
 		pub := connect(t, tb.addr, as(5, "alice", "pub-restored"))
 		pub.publish("alice/queued", "for the tcp sessions", 1, false)
