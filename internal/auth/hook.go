@@ -681,11 +681,14 @@ func (h *Hook) Swap(p *Policy) int {
 	h.policy.Store(p)
 	n := 0
 	for _, cl := range h.srv.Clients.GetAll() {
+		id := h.identity(cl)
 		if cl.Closed() {
+			if id != nil && !stillValid(p.scope(id.listener), id) {
+				id.revoked.Store(true)
+			}
 			h.reviewOffline(p, cl)
 			continue
 		}
-		id := h.identity(cl)
 		if id == nil {
 			continue
 		}
