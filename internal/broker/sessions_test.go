@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -555,4 +556,48 @@ func TestClientIDRace(t *testing.T) {
 func waitOffline(t *testing.T, tb *testBroker, id string) {
 	t.Helper()
 	tb.waitOffline(id)
+}
+
+// TestSessionsAfterListenerChange: a session restored from the store
+// whose listener is no longer configured still belongs to the one scope
+// of all listeners without per_listener_settings; with it, its scope is
+// gone and so is the session.
+func TestSessionsAfterListenerChange(t *testing.T) {
+	for _, perListener := range []bool{false, true} {
+		t.Run(fmt.Sprintf("per_listener_settings %v", perListener), func(t *testing.T) {
+			dir := t.TempDir()
+			conf := perListenerConf(t, dir, true)
+			if !perListener {
+				conf, _, _ = writeSetup(t, dir, setup{acl: tableBACL, conf: persistConf + "listener 0 127.0.0.1\nprotocol websockets\n"})
+			}
+			tb := startConf(t, dir, conf, listenerID)
+			alice := connect(t, tb.addr, persistent(as(5, "alice", "moving")))
+			alice.mustSubscribe("alice/#")
+			alice.disconnect()
+			tb.waitOffline("moving")
+			connect(t, tb.addr, as(5, "alice", "moving-pub")).publish("alice/queued", "x", 1, false)
+
+			// The TCP listener becomes a Unix socket: its id changes.
+			b, err := os.ReadFile(conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved := strings.Replace(string(b), "listener 0 127.0.0.1\n", "listener 0 "+filepath.Join(dir, "moat.sock")+"\n", 1)
+			writeFile(t, conf, moved)
+			tb = tb.restart(wsListenerID)
+			if perListener {
+				if _, ok := tb.session("moving"); ok {
+					t.Fatal("session of a listener no longer configured kept")
+				}
+				return
+			}
+			c, ack := dialWS(t, tb, persistent(as(5, "alice", "moving")))
+			if ack.code != 0 || !ack.present {
+				t.Fatalf("CONNACK 0x%02x session present %v, want 0 and true", ack.code, ack.present)
+			}
+			if !c.waitTopic("alice/queued") {
+				t.Errorf("queued message missing: %v", c.topics())
+			}
+		})
+	}
 }
