@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,8 +425,9 @@ func TestClientIDSquatting(t *testing.T) {
 }
 
 // TestRemovedUsersSessionsGo: a user removed from the password file loses
-// its sessions, at the reload and, for sessions restored from the store,
-// at start-up: a squatter's never-expiring session does not outlive it.
+// its sessions, at the reload (200 never-expiring ones included) and, for
+// sessions restored from the store, at start-up: a squatter's sessions do
+// not outlive it.
 func TestRemovedUsersSessionsGo(t *testing.T) {
 	tb := startBroker(t, setup{acl: squatACL, conf: persistConf})
 	bob := connect(t, tb.addr, persistent(as(5, "bob", "device-1")))
@@ -434,6 +436,40 @@ func TestRemovedUsersSessionsGo(t *testing.T) {
 	live := connect(t, tb.addr, persistent(as(4, "bob", "device-2")))
 	live.mustSubscribe("public/#")
 	connect(t, tb.addr, persistent(as(5, "alice", "alice-own"))).disconnect()
+	// 200 never-expiring sessions, made 20 at a time.
+	const squats = 200
+	var wg sync.WaitGroup
+	var made atomic.Int32
+	errs := make(chan error, squats)
+	for g := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < squats; i += 20 {
+				m := persistent(as(5, "bob", fmt.Sprintf("squat-%d", i))).options()
+				m.SessionExpiry = 0xFFFFFFFF
+				c, ack, err := mqtttest.Dial(tb.addr, m)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				// A per-user session limit may refuse some: those
+				// hold nothing.
+				if ack.ReasonCode == 0 {
+					made.Add(1)
+				}
+				_ = c.Disconnect()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if made.Load() == 0 {
+		t.Fatal("no squatting session made")
+	}
 
 	without := maps.Clone(passwords)
 	delete(without, "bob")
@@ -449,9 +485,22 @@ func TestRemovedUsersSessionsGo(t *testing.T) {
 			t.Errorf("session %s of a removed user kept", id)
 		}
 	}
+	for i := range squats {
+		if !tb.waitNoSession(fmt.Sprintf("squat-%d", i)) {
+			t.Fatalf("session squat-%d of a removed user kept", i)
+		}
+	}
 	if u, ok := tb.session("alice-own"); !ok || u != "alice" {
 		t.Errorf("alice's session lost: %q %v", u, ok)
 	}
+	// Others are still served.
+	a := connect(t, tb.addr, as(5, "alice", "alice-live"))
+	a.mustSubscribe("alice/#")
+	a.publish("alice/after", "x", 1, false)
+	if !a.waitTopic("alice/after") {
+		t.Error("alice not served after the reload")
+	}
+	a.disconnect()
 
 	// While Moat is down: bob is back and squats, then removed again.
 	writePasswd(t, tb.passwd, passwords)
