@@ -523,12 +523,12 @@ func TestRemovedUsersSessionsGo(t *testing.T) {
 }
 
 // TestClientIDRace: three users CONNECT at the same moment with one fresh
-// client id, 200 times. Exactly one gets it; the others are refused with
+// client id, 400 times. Exactly one gets it; the others are refused with
 // the client-id code; the winner keeps its connection and acts as itself.
 func TestClientIDRace(t *testing.T) {
 	tb := startBroker(t, setup{acl: squatACL, conf: "ban_threshold 0\n"})
 	pub := connect(t, tb.addr, as(5, "admin", "race-pub"))
-	const rounds = 200
+	const rounds = 400
 	for i := range rounds {
 		v := byte(4 + i%2)
 		id := fmt.Sprintf("race-%d", i)
@@ -548,9 +548,9 @@ func TestClientIDRace(t *testing.T) {
 				defer done.Done()
 				start.Wait()
 				o := as(v, u, id)
-				// Half the rounds persistent: a takeover shows as a
+				// A quarter of the rounds persistent: a takeover shows as a
 				// session present; fewer sessions are left per user.
-				o.persist = i%4 < 2
+				o.persist = i%8 < 2
 				c, ack, err := mqtttest.Dial(tb.addr, o.options())
 				res[j] = result{c: c, ack: ack.ReasonCode, sp: ack.SessionPresent, err: err}
 			}()
