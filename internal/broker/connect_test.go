@@ -233,7 +233,7 @@ func TestClientIDTakeover(t *testing.T) {
 			alice.ping() // still connected
 
 			alice.disconnect()
-			waitOffline(t, tb, id)
+			tb.waitOffline(id)
 			inbox := "alice/inbox/" + versionName(v)
 			for i := range 2 {
 				pub.publish(inbox, fmt.Sprintf("queued %d", i), 1, false)
@@ -247,7 +247,7 @@ func TestClientIDTakeover(t *testing.T) {
 				t.Errorf("bob received alice's queued messages: %v", got)
 			}
 			thief.disconnect()
-			waitOffline(t, tb, id)
+			tb.waitOffline(id)
 
 			alice, ack = dial(t, tb.addr, o)
 			if ack.ReasonCode != 0 || ack.SessionPresent {

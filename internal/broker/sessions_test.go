@@ -606,11 +606,6 @@ func TestClientIDRace(t *testing.T) {
 	}
 }
 
-func waitOffline(t *testing.T, tb *testBroker, id string) {
-	t.Helper()
-	tb.waitOffline(id)
-}
-
 // TestSessionsAfterListenerChange: a session restored from the store
 // whose listener is no longer configured still belongs to the one scope
 // of all listeners without per_listener_settings; with it, its scope is
