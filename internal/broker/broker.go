@@ -120,6 +120,9 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("auth hook: %w", err)
 	}
+	if err := b.srv.AddHook(b.auth.DeliveryGuard(), nil); err != nil {
+		return nil, fmt.Errorf("delivery guard hook: %w", err)
+	}
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)
 	}

@@ -109,6 +109,10 @@ func (p *persistence) open() error {
 		return fmt.Errorf("persistence: %w", err)
 	}
 	b.expiry.onExpired = hook.OnRetainedExpired
+	// Restored sessions meet the files in force: those of removed users
+	// go, and so do queued messages their owner may no longer read.
+	b.auth.SetSessionStore(hook)
+	b.auth.PruneSessions()
 	p.mu.Lock()
 	p.store = st
 	p.mu.Unlock()
