@@ -1,13 +1,18 @@
 package passwd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/moat-mqtt/moat/internal/testenv"
 )
 
 func mustVerify(t *testing.T, path, user, pw string, want bool) {
@@ -182,5 +187,259 @@ func TestConvertPlaintext(t *testing.T) {
 			t.Errorf("error quotes a password: %v", err)
 		}
 	}
+	noTempFiles(t, dir)
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func owner(t *testing.T, path string) (uid, gid uint32) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return st.Uid, st.Gid
+}
+
+// TestEditInPlace: every edit keeps the file's inode (so a hard link sees
+// it), owner and mode.
+func TestEditInPlace(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	link := filepath.Join(dir, "hardlink")
+	os.WriteFile(path, []byte("a:"+testHash(t, "x")+"\nb:"+testHash(t, "y")+"\nc:plain\n"), 0o640)
+	os.Chmod(path, 0o640)
+	if err := os.Link(path, link); err != nil {
+		t.Fatal(err)
+	}
+	wantUID, wantGID := owner(t, path)
+	if os.Geteuid() == 0 {
+		if err := os.Chown(path, 1883, 1883); err != nil {
+			t.Fatal(err)
+		}
+		wantUID, wantGID = 1883, 1883
+	}
+	ino := inode(t, path)
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"convert", func() error { _, err := ConvertPlaintext(path, "", 10); return err }},
+		{"set", func() error { return SetPassword(path, "d", []byte("z"), "", 10, false) }},
+		{"delete", func() error { return DeleteUser(path, "a") }},
+		{"create", func() error { return SetPassword(path, "e", []byte("w"), "", 10, true) }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if inode(t, path) != ino {
+			t.Fatalf("%s replaced the file (new inode)", s.name)
+		}
+		if m := fileMode(t, path); m != 0o640 {
+			t.Fatalf("%s: mode %04o, want 0640", s.name, m)
+		}
+		if uid, gid := owner(t, path); uid != wantUID || gid != wantGID {
+			t.Fatalf("%s: owner %d:%d, want %d:%d", s.name, uid, gid, wantUID, wantGID)
+		}
+		if _, err := os.Stat(PendingCopy(path)); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s left its pending copy: %v", s.name, err)
+		}
+	}
+	mustVerify(t, link, "e", "w", true)
+	noTempFiles(t, dir)
+}
+
+// bindMount mounts src on dst (both files) and unmounts it when the test
+// ends. It needs root; under CI=true its absence fails the test.
+func bindMount(t *testing.T, src, dst string, readOnly bool) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "root (for mount --bind)", "run the tests as root, e.g. in the CI container")
+	}
+	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
+		testenv.Missing(t, "mount --bind ("+err.Error()+")", "run the tests as root with CAP_SYS_ADMIN")
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dst, 0); err != nil {
+			t.Errorf("umount %s: %v", dst, err)
+		}
+	})
+	if readOnly {
+		if err := syscall.Mount("", dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+			t.Fatalf("remount %s read-only: %v", dst, err)
+		}
+	}
+}
+
+// TestEditBindMount edits a file that is a bind mount, as a container sees
+// a host file (and the host copy is seen through it): rename(2) cannot
+// replace it, the edit goes through in place, owner and mode stay. On a
+// read-only bind mount the edit is refused with the reason, nothing changed.
+func TestEditBindMount(t *testing.T) {
+	host := t.TempDir()
+	ctr := t.TempDir()
+	src := filepath.Join(host, "passwd")
+	dst := filepath.Join(ctr, "passwd")
+	orig := "a:" + testHash(t, "x") + "\nb:" + testHash(t, "y") + "\n"
+	for _, p := range []string{src, dst} {
+		if err := os.WriteFile(p, []byte(orig), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, 0o640)
+	}
+	if err := os.Chown(src, 1883, 1883); err != nil && os.Geteuid() == 0 {
+		t.Fatal(err)
+	}
+	bindMount(t, src, dst, false)
+	tmp := filepath.Join(ctr, "new")
+	os.WriteFile(tmp, []byte(orig), 0o600)
+	if err := os.Rename(tmp, dst); !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EXDEV) {
+		t.Fatalf("rename over the bind mount: %v, want EBUSY or EXDEV", err)
+	}
+	os.Remove(tmp)
+
+	if err := SetPassword(dst, "c", []byte("z"), "", 10, false); err != nil {
+		t.Fatalf("set on a bind-mounted file: %v", err)
+	}
+	if err := DeleteUser(dst, "a"); err != nil {
+		t.Fatalf("delete on a bind-mounted file: %v", err)
+	}
+	for _, p := range []string{src, dst} {
+		mustVerify(t, p, "c", "z", true)
+		mustVerify(t, p, "b", "y", true)
+		mustVerify(t, p, "a", "x", false)
+	}
+	if m := fileMode(t, src); m != 0o640 {
+		t.Errorf("mode %04o, want 0640", m)
+	}
+	if uid, gid := owner(t, src); uid != 1883 || gid != 1883 {
+		t.Errorf("owner %d:%d, want 1883:1883", uid, gid)
+	}
+	noTempFiles(t, ctr)
+
+	// Read-only: refused, with the reason, before anything is written.
+	roDir := t.TempDir()
+	ro := filepath.Join(roDir, "passwd")
+	os.WriteFile(ro, nil, 0o600)
+	bindMount(t, src, ro, true)
+	before, _ := os.ReadFile(src)
+	err := SetPassword(ro, "d", []byte("w"), "", 10, false)
+	if err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("set on a read-only bind mount: %v, want a read-only refusal", err)
+	}
+	if err := DeleteUser(ro, "b"); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("delete on a read-only bind mount: %v", err)
+	}
+	if after, _ := os.ReadFile(src); !bytes.Equal(before, after) {
+		t.Fatal("refused edit changed the file")
+	}
+	if ents, _ := os.ReadDir(roDir); len(ents) != 1 {
+		t.Fatalf("refused edit left files: %v", ents)
+	}
+}
+
+// TestEditInterrupted stops an edit at each step as a crash would. The file
+// is never lost: it is either as it was, or the complete new content is in
+// the pending copy, and later edits refuse (naming the copy) until it has
+// been restored.
+func TestEditInterrupted(t *testing.T) {
+	orig := "a:" + testHash(t, "x") + "\nb:" + testHash(t, "y") + "\nc:" + testHash(t, "z") + "\n"
+	newContent := "b:" + testHash(t, "y") + "\nc:" + testHash(t, "z") + "\n"
+	drop := func(lines []string) ([]string, error) {
+		return slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return lineUser(l) == "a" }), nil
+	}
+	for _, step := range []string{"copy written", "copy committed", "half written", "file written"} {
+		t.Run(step, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "passwd")
+			os.WriteFile(path, []byte(orig), 0o600)
+			err := rewrite(path, false, func(s string) bool { return s == step }, drop)
+			if err == nil {
+				t.Fatal("the interruption was not reached")
+			}
+			data, _ := os.ReadFile(path)
+			if f, err := Parse(path, data); err == nil && slices.Contains(f.Users(), "a") && string(data) != orig {
+				t.Fatalf("the interrupted file lets a in and is not the original:\n%s", data)
+			}
+			if !strings.HasPrefix(newContent, string(data)) && string(data) != orig {
+				t.Fatalf("interrupted file is neither the original nor a prefix of the new one:\n%q", data)
+			}
+			pending := PendingCopy(path)
+			copyData, copyErr := os.ReadFile(pending)
+			if step == "copy written" {
+				if string(data) != orig || copyErr == nil {
+					t.Fatalf("before the copy is committed the file must be untouched and no copy pending: %q, %v", data, copyErr)
+				}
+				if err := DeleteUser(path, "a"); err != nil {
+					t.Fatalf("edit after an early interruption: %v", err)
+				}
+				if got, _ := os.ReadFile(path); string(got) != newContent {
+					t.Fatalf("after the retried edit: %q", got)
+				}
+				return
+			}
+			if copyErr != nil || string(copyData) != newContent {
+				t.Fatalf("pending copy: %q, %v; want the complete new file", copyData, copyErr)
+			}
+			for _, edit := range []func() error{
+				func() error { return DeleteUser(path, "b") },
+				func() error { return SetPassword(path, "d", []byte("w"), "", 10, false) },
+				func() error { _, err := ConvertPlaintext(path, "", 10); return err },
+			} {
+				err := edit()
+				if !errors.Is(err, ErrInterruptedEdit) || !strings.Contains(err.Error(), pending) {
+					t.Fatalf("edit after an interruption: %v; want ErrInterruptedEdit naming %s", err, pending)
+				}
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, data) {
+				t.Fatal("a refused edit changed the file")
+			}
+			// The advice: cat COPY > FILE; rm COPY.
+			if err := os.WriteFile(path, copyData, 0); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(pending)
+			mustVerify(t, path, "a", "x", false)
+			mustVerify(t, path, "b", "y", true)
+			if err := DeleteUser(path, "b"); err != nil {
+				t.Fatalf("edit after the restore: %v", err)
+			}
+		})
+	}
+}
+
+// TestDeleteUserBadLine: -D on a file Moat does not load is refused with
+// file:line and leaves the file as it was (a running Moat would keep the
+// user otherwise); on a good file the result loads without the user.
+func TestDeleteUserBadLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	for _, bad := range []string{"bob\n", "bob:plaintext\n", "bob:$7$broken\n", "  \x01:" + testHash(t, "c") + "\n", strings.Repeat("x", 70000) + "\n"} {
+		orig := "a:" + testHash(t, "x") + "\n" + bad + "c:" + testHash(t, "z") + "\n"
+		os.WriteFile(path, []byte(orig), 0o600)
+		err := DeleteUser(path, "a")
+		if err == nil || !strings.Contains(err.Error(), path+":2:") {
+			t.Errorf("%q: %v; want a refusal naming %s:2:", bad, err, path)
+		}
+		if data, _ := os.ReadFile(path); string(data) != orig {
+			t.Errorf("%q: refused delete changed the file", bad)
+		}
+	}
+	// A duplicate of the deleted user: the result loads, so it is written.
+	os.WriteFile(path, []byte("a:"+testHash(t, "x")+"\nc:"+testHash(t, "z")+"\n a :"+testHash(t, "dup")+"\n"), 0o600)
+	if err := DeleteUser(path, "a"); err != nil {
+		t.Fatalf("delete of a duplicated user: %v", err)
+	}
+	mustVerify(t, path, "a", "dup", false)
+	mustVerify(t, path, "c", "z", true)
 	noTempFiles(t, dir)
 }
