@@ -2,9 +2,14 @@ package broker_test
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moat-mqtt/moat/internal/passwd"
+	"github.com/moat-mqtt/moat/internal/testenv"
 )
 
 // TestWatchHalfWrittenFile: an aclfile written in place in two steps (the
@@ -83,4 +88,94 @@ func TestWatchHalfWrittenFile(t *testing.T) {
 		}
 		t.Logf("round %d: %d checks of secret/x while the file was written", round, checks)
 	}
+}
+
+// bindMount mounts the file src on the file dst, as a container runtime
+// mounts a host file, until the test ends.
+func bindMount(t *testing.T, src, dst string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "root (for mount --bind)", "run the tests as root, e.g. in the CI container")
+	}
+	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
+		testenv.Missing(t, "mount --bind ("+err.Error()+")", "run the tests as root with CAP_SYS_ADMIN")
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dst, 0); err != nil {
+			t.Errorf("umount %s: %v", dst, err)
+		}
+	})
+}
+
+// removedUserGone checks that user's live session is closed and that the
+// user can no longer log in, while other is still served.
+func removedUserGone(t *testing.T, tb *testBroker, gone *client, user string, other *client) {
+	t.Helper()
+	if !gone.waitClosed() {
+		t.Fatalf("%s still connected %v after the edit", user, waitLong)
+	}
+	c, ack := dial(t, tb.addr, as(5, user, user+"-again"))
+	if ack.ReasonCode != authRefused(5) {
+		t.Errorf("%s after the edit: CONNACK 0x%02x, want 0x%02x", user, ack.ReasonCode, authRefused(5))
+	}
+	c.drop()
+	other.ping()
+	if other.err() != nil {
+		t.Errorf("a remaining user was disconnected: %v", other.err())
+	}
+}
+
+// TestWatchPasswdEdits: a running Moat sees `moat passwd` edits of a
+// bind-mounted password file, made on the host copy or through the mount
+// (both rewrite in place), and an edit by rename of a plain file; a
+// removed user's connected session ends and the user cannot log in again.
+func TestWatchPasswdEdits(t *testing.T) {
+	const interval = 200 * time.Millisecond
+	t.Run("bind mount", func(t *testing.T) {
+		tb := startBroker(t, setup{})
+		host := filepath.Join(t.TempDir(), "passwd")
+		data, err := os.ReadFile(tb.passwd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(host, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		bindMount(t, host, tb.passwd)
+		stop := tb.b.WatchFiles(interval)
+		defer stop()
+		alice := connect(t, tb.addr, as(5, "alice", "alice-live"))
+		bob := connect(t, tb.addr, as(5, "bob", "bob-live"))
+		admin := connect(t, tb.addr, as(5, "admin", "admin-live"))
+
+		// moat passwd -D on the host's copy.
+		if err := passwd.DeleteUser(host, "alice"); err != nil {
+			t.Fatalf("delete on the host copy: %v", err)
+		}
+		removedUserGone(t, tb, alice, "alice", admin)
+		// moat passwd -D through the mount, as inside the container.
+		if err := passwd.DeleteUser(tb.passwd, "bob"); err != nil {
+			t.Fatalf("delete through the bind mount: %v", err)
+		}
+		removedUserGone(t, tb, bob, "bob", admin)
+	})
+	t.Run("rename", func(t *testing.T) {
+		tb := startBroker(t, setup{})
+		stop := tb.b.WatchFiles(interval)
+		defer stop()
+		alice := connect(t, tb.addr, as(5, "alice", "alice-live"))
+		admin := connect(t, tb.addr, as(5, "admin", "admin-live"))
+		data, err := os.ReadFile(tb.passwd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keep []string
+		for _, l := range strings.SplitAfter(string(data), "\n") {
+			if !strings.HasPrefix(l, "alice:") {
+				keep = append(keep, l)
+			}
+		}
+		writeFile(t, tb.passwd, strings.Join(keep, "")) // by rename
+		removedUserGone(t, tb, alice, "alice", admin)
+	})
 }
