@@ -345,6 +345,21 @@ func TestEditBindMount(t *testing.T) {
 	if ents, _ := os.ReadDir(roDir); len(ents) != 1 {
 		t.Fatalf("refused edit left files: %v", ents)
 	}
+
+	// A writable file in a read-only directory (a container's read_only
+	// root): the safety copy cannot be written, so nothing is.
+	lockedDir := t.TempDir()
+	inLocked := filepath.Join(lockedDir, "passwd")
+	os.WriteFile(inLocked, nil, 0o600)
+	bindMount(t, lockedDir, lockedDir, true)
+	bindMount(t, src, inLocked, false)
+	err = SetPassword(inLocked, "d", []byte("w"), "", 10, false)
+	if err == nil || !strings.Contains(err.Error(), "safety copy") || !strings.Contains(err.Error(), "not changed") {
+		t.Fatalf("set in a read-only directory: %v, want a refusal naming the safety copy", err)
+	}
+	if after, _ := os.ReadFile(src); !bytes.Equal(before, after) {
+		t.Fatal("refused edit changed the file")
+	}
 }
 
 // TestEditInterrupted stops an edit at each step as a crash would. The file
