@@ -4,7 +4,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -90,23 +89,6 @@ func TestWatchHalfWrittenFile(t *testing.T) {
 	}
 }
 
-// bindMount mounts the file src on the file dst, as a container runtime
-// mounts a host file, until the test ends.
-func bindMount(t *testing.T, src, dst string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "root (for mount --bind)", "run the tests as root, e.g. in the CI container")
-	}
-	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
-		testenv.Missing(t, "mount --bind ("+err.Error()+")", "run the tests as root with CAP_SYS_ADMIN")
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dst, 0); err != nil {
-			t.Errorf("umount %s: %v", dst, err)
-		}
-	})
-}
-
 // removedUserGone checks that user's live session is closed and that the
 // user can no longer log in, while other is still served.
 func removedUserGone(t *testing.T, tb *testBroker, gone *client, user string, other *client) {
@@ -141,7 +123,7 @@ func TestWatchPasswdEdits(t *testing.T) {
 		if err := os.WriteFile(host, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		bindMount(t, host, tb.passwd)
+		testenv.BindMount(t, host, tb.passwd, false)
 		stop := tb.b.WatchFiles(interval)
 		defer stop()
 		alice := connect(t, tb.addr, as(5, "alice", "alice-live"))

@@ -258,28 +258,6 @@ func TestEditInPlace(t *testing.T) {
 	noTempFiles(t, dir)
 }
 
-// bindMount mounts src on dst (both files) and unmounts it when the test
-// ends. It needs root; under CI=true its absence fails the test.
-func bindMount(t *testing.T, src, dst string, readOnly bool) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "root (for mount --bind)", "run the tests as root, e.g. in the CI container")
-	}
-	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
-		testenv.Missing(t, "mount --bind ("+err.Error()+")", "run the tests as root with CAP_SYS_ADMIN")
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dst, 0); err != nil {
-			t.Errorf("umount %s: %v", dst, err)
-		}
-	})
-	if readOnly {
-		if err := syscall.Mount("", dst, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
-			t.Fatalf("remount %s read-only: %v", dst, err)
-		}
-	}
-}
-
 // TestEditBindMount edits a file that is a bind mount, as a container sees
 // a host file (and the host copy is seen through it): rename(2) cannot
 // replace it, the edit goes through in place, owner and mode stay. On a
@@ -299,7 +277,7 @@ func TestEditBindMount(t *testing.T) {
 	if err := os.Chown(src, 1883, 1883); err != nil && os.Geteuid() == 0 {
 		t.Fatal(err)
 	}
-	bindMount(t, src, dst, false)
+	testenv.BindMount(t, src, dst, false)
 	tmp := filepath.Join(ctr, "new")
 	os.WriteFile(tmp, []byte(orig), 0o600)
 	if err := os.Rename(tmp, dst); !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EXDEV) {
@@ -330,7 +308,7 @@ func TestEditBindMount(t *testing.T) {
 	roDir := t.TempDir()
 	ro := filepath.Join(roDir, "passwd")
 	os.WriteFile(ro, nil, 0o600)
-	bindMount(t, src, ro, true)
+	testenv.BindMount(t, src, ro, true)
 	before, _ := os.ReadFile(src)
 	err := SetPassword(ro, "d", []byte("w"), "", 10, false)
 	if err == nil || !strings.Contains(err.Error(), "read-only") {
@@ -351,8 +329,8 @@ func TestEditBindMount(t *testing.T) {
 	lockedDir := t.TempDir()
 	inLocked := filepath.Join(lockedDir, "passwd")
 	os.WriteFile(inLocked, nil, 0o600)
-	bindMount(t, lockedDir, lockedDir, true)
-	bindMount(t, src, inLocked, false)
+	testenv.BindMount(t, lockedDir, lockedDir, true)
+	testenv.BindMount(t, src, inLocked, false)
 	err = SetPassword(inLocked, "d", []byte("w"), "", 10, false)
 	if err == nil || !strings.Contains(err.Error(), "safety copy") || !strings.Contains(err.Error(), "not changed") {
 		t.Fatalf("set in a read-only directory: %v, want a refusal naming the safety copy", err)
