@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // MaxPasswordLen is MQTT's limit on a password.
@@ -22,6 +23,13 @@ var ErrUserNotFound = errors.New("user not found")
 // ErrInterruptedEdit is returned when an earlier edit of the file was
 // interrupted and its complete copy is still waiting next to the file.
 var ErrInterruptedEdit = errors.New("an earlier edit of this file was interrupted")
+
+// ErrBeingEdited is returned by Load when an edit holds the file's lock
+// for longer than editLockWait.
+var ErrBeingEdited = errors.New("the file is being edited (locked by moat passwd); try again")
+
+// editLockWait bounds how long Load waits for an edit to finish.
+const editLockWait = time.Second
 
 // pendingSuffix names the complete copy of an edit in progress:
 // ".NAME.moat-pending" in the file's directory.
