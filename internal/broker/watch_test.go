@@ -18,8 +18,8 @@ import (
 // never takes effect.
 func TestWatchHalfWrittenFile(t *testing.T) {
 	const (
-		interval = 400 * time.Millisecond
-		pause    = 250 * time.Millisecond
+		interval = 600 * time.Millisecond
+		pause    = 200 * time.Millisecond // well under interval, even on a loaded machine
 		initial  = "user alice\ntopic readwrite alice/#\n"
 		grant    = "user alice\ntopic readwrite alice/#\ntopic readwrite #\n"
 		deny     = "topic deny secret/#\n"
@@ -39,10 +39,10 @@ func TestWatchHalfWrittenFile(t *testing.T) {
 			t.Fatalf("round %d: initial aclfile not in force", round)
 		}
 
-		// The watcher polls in step with the reload just seen; start the
-		// edit at a different phase each round so that a watcher which
-		// does not wait for stability would catch the half-written file.
-		time.Sleep(interval * time.Duration(round+1) / 5)
+		// The watcher polls in step with the reload just seen: start the
+		// edit so that a watcher polling once an interval without waiting
+		// for stability looks in the middle of the half-written window.
+		time.Sleep(interval - pause/2)
 		wrote := make(chan struct{})
 		go func() {
 			defer close(wrote)
