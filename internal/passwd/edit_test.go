@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -281,5 +283,46 @@ func TestDeleteUserBadLine(t *testing.T) {
 	}
 	mustVerify(t, path, "a", "dup", false)
 	mustVerify(t, path, "c", "z", true)
+	noTempFiles(t, dir)
+}
+
+// TestEditConcurrent: many edits of one file at once (scripts adding users
+// in parallel) all land: each waits for the others' lock, none is lost.
+func TestEditConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "passwd")
+	if err := SetPassword(path, "admin", []byte("a"), AlgSHA512, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			user := fmt.Sprintf("u%d", i)
+			if err := SetPassword(path, user, []byte("p"+user), AlgSHA512, 0, false); err != nil {
+				errs <- err
+			}
+			if i%4 == 0 {
+				if err := DeleteUser(path, user); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(f.Users()); got != 1+n-n/4 {
+		t.Fatalf("%d users, want %d: edits were lost", got, 1+n-n/4)
+	}
+	mustVerify(t, path, "u1", "pu1", true)
+	mustVerify(t, path, "u4", "pu4", false)
 	noTempFiles(t, dir)
 }
