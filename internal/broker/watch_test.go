@@ -1,7 +1,10 @@
 package broker_test
 
 import (
+	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -160,4 +163,64 @@ func TestWatchPasswdEdits(t *testing.T) {
 		writeFile(t, tb.passwd, strings.Join(keep, "")) // by rename
 		removedUserGone(t, tb, alice, "alice", admin)
 	})
+}
+
+// TestWatchMoatPasswdBinary runs the real binaries: `moat serve` on a
+// password file bind-mounted from a host copy, and `moat passwd -D` on the
+// host copy while the user is connected. The serve command's watcher
+// applies the edit and the user's session ends; the other user stays.
+func TestWatchMoatPasswdBinary(t *testing.T) {
+	bin := moatBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	_, pw, _ := writeSetup(t, dir, setup{})
+	host := filepath.Join(t.TempDir(), "passwd")
+	data, err := os.ReadFile(pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(host, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.BindMount(t, host, pw, false)
+	conf := filepath.Join(dir, "moat.conf")
+	writeFile(t, conf, fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", port))
+
+	logs := &logBuffer{}
+	cmd := exec.Command(bin, "serve", "-c", conf)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(waitLong)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moat did not listen on %s: %v\n%s", addr, err, logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tb := &testBroker{t: t, dir: dir, addr: addr, logs: logs}
+	alice := connect(t, addr, as(5, "alice", "alice-live"))
+	bob := connect(t, addr, as(5, "bob", "bob-live"))
+
+	out, err := exec.Command(bin, "passwd", "-D", host, "alice").CombinedOutput()
+	if err != nil {
+		t.Fatalf("moat passwd -D on the host copy: %v\n%s", err, out)
+	}
+	removedUserGone(t, tb, alice, "alice", bob)
+	if n := len(logs.lines("reloaded password and ACL files")); n != 1 {
+		t.Errorf("%d reloads for one edit, want 1\n%s", n, logs)
+	}
 }
