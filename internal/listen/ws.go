@@ -133,7 +133,7 @@ func (l *Listener) serveWebSocket(establish listeners.EstablishFn) {
 	l.mu.Unlock()
 	var ln net.Listener = &httpListener{Listener: l.guard, timeout: l.o.ConnectTimeout}
 	if l.tls != nil {
-		ln = tls.NewListener(l.guard, l.tls)
+		ln = tls.NewListener(ln, l.tls)
 	}
 	err := l.httpSrv.Serve(ln)
 	if err != nil && !l.closed.Load() {

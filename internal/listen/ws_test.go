@@ -217,3 +217,59 @@ func TestWebSocketUpgradeBody(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketDeadlineFromAccept: connect_timeout runs from the accept
+// through the TLS handshake, the upgrade request and the CONNECT. Each
+// phase below stays within connect_timeout on its own, but the whole ends
+// later, so the connection is cut (before: each phase had its own
+// connect_timeout).
+func TestWebSocketDeadlineFromAccept(t *testing.T) {
+	const connectTimeout = time.Second
+	const phase = connectTimeout * 6 / 10
+	cert, pool := selfSigned(t)
+	for _, scheme := range []string{"ws", "wss"} {
+		t.Run(scheme, func(t *testing.T) {
+			o := Options{WebSocket: true, WebSocketPath: "/mqtt", ConnectTimeout: connectTimeout}
+			if scheme == "wss" {
+				o.TLS = hardened(t, cert)
+			}
+			_, l := newBroker(t, o)
+			c := dialTCP(t, "", l.Address())
+			time.Sleep(phase)
+			if scheme == "wss" {
+				tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+				if err := tc.Handshake(); err != nil {
+					t.Fatalf("handshake within connect_timeout: %v", err)
+				}
+				c = tc
+				time.Sleep(phase)
+			}
+			_ = c.SetDeadline(time.Now().Add(ioDeadline))
+			if _, err := io.WriteString(c, upgradeHeaders+"\r\n"); err != nil {
+				return // cut already
+			}
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if scheme == "wss" {
+				if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+					t.Fatal("upgrade request completed after connect_timeout was accepted")
+				}
+				return
+			}
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade within connect_timeout: %v %v", resp, err)
+			}
+			time.Sleep(phase)
+			// A masked binary frame carrying CONNECT, after connect_timeout.
+			connect := connectBytes(t, "late", 4)
+			frame := append([]byte{0x82, 0x80 | byte(len(connect)), 0, 0, 0, 0}, connect...)
+			if _, err := c.Write(frame); err != nil {
+				return // cut
+			}
+			_ = c.SetReadDeadline(time.Now().Add(ioDeadline))
+			if b, _ := io.ReadAll(br); len(b) > 2 && b[2] == 0x20 {
+				t.Fatalf("CONNECT after connect_timeout answered with a CONNACK")
+			}
+		})
+	}
+}
