@@ -247,9 +247,9 @@ func PendingCopy(path string) string {
 // step 5 the file may be empty or a prefix of the new content (never more
 // users than the new file: a cut line does not parse), and the pending
 // copy holds the whole of it: restore with `cat COPY > FILE; rm COPY`.
-// Readers (a running Moat) may see the file between steps 5's writes; Moat
-// applies a changed file only once it has been stable for a whole watch
-// interval.
+// Load takes a shared lock, so a reader (a reload) waits for step 5 to
+// end; Moat's watcher, which does not lock, applies a changed file only
+// once it has been stable for a whole watch interval.
 //
 // interrupt, for tests, is called at each step; true stops there as a
 // crash would, without any clean-up.
@@ -297,6 +297,9 @@ func rewrite(path string, create bool, interrupt func(step string) bool, change 
 	old, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	if err != nil {
 		return fmt.Errorf("passwd %s: %w", path, err)
+	}
+	if len(old) > maxFileSize {
+		return fmt.Errorf("passwd %s: file larger than %d bytes", path, maxFileSize)
 	}
 	lines, err := change(splitLines(old))
 	if errors.Is(err, errUnchanged) {
