@@ -273,3 +273,30 @@ func TestWebSocketDeadlineFromAccept(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketSessionOutlivesConnectTimeout: a client that upgrades and
+// sends CONNECT at once is not held to the connect deadline afterwards:
+// it reads and writes long after it.
+func TestWebSocketSessionOutlivesConnectTimeout(t *testing.T) {
+	const connectTimeout = 300 * time.Millisecond
+	cert, pool := selfSigned(t)
+	for _, scheme := range []string{"ws", "wss"} {
+		t.Run(scheme, func(t *testing.T) {
+			o := Options{WebSocket: true, ConnectTimeout: connectTimeout}
+			var clientTLS *tls.Config
+			if scheme == "wss" {
+				o.TLS = hardened(t, cert)
+				clientTLS = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+			}
+			_, l := newBroker(t, o)
+			c, _, err := dialWS(t, wsURL(scheme, l, "/"), clientTLS, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl := newClient(t, c, 4)
+			cl.connect("patient")
+			time.Sleep(3 * connectTimeout) // past the connect deadline: mochi's keepalive rules now
+			roundTrip(t, cl, cl, "still/here")
+		})
+	}
+}
