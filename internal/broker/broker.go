@@ -368,10 +368,17 @@ func (b *Broker) startAdmin() error {
 
 // Reload re-reads the password and ACL files (and certificate files) and
 // puts them in force at once, or changes nothing and returns the error.
-func (b *Broker) Reload() error {
+func (b *Broker) Reload() error { return b.reload(nil) }
+
+// reload is Reload; a non-nil stable is asked after the files were read
+// and before they are put in force (see watchFiles).
+func (b *Broker) reload(stable func() bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	policy, _, err := LoadPolicy(b.cfg)
+	if stable != nil && !stable() {
+		return errChangedDuringLoad
+	}
 	if err != nil {
 		return fmt.Errorf("reload refused, previous configuration kept: %w", err)
 	}
