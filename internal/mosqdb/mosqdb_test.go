@@ -48,7 +48,7 @@ var wantRetained = map[string]want{
 		User: []UserProperty{{"site", "lab"}, {"k 2", "v=2"}},
 	}},
 	"v5/expiring": {qos: 1, payload: "long-lived", expiry: longExpiry},
-	"v5/hour":     {qos: 0, payload: "gone in an hour", expiry: 3600},
+	"v5/expired":  {qos: 0, payload: "gone in a second", expiry: 1},
 	"bin/blob":    {qos: 1, payload: string(binaryPayload)},
 }
 
@@ -82,6 +82,9 @@ func checkReal(t *testing.T, db *DB) {
 		}
 		if w.expiry != 0 && m.Expiry-int64(w.expiry) > time.Now().Unix() {
 			t.Errorf("%s: expiry %d lies beyond now + %d s", topic, m.Expiry, w.expiry)
+		}
+		if topic == "v5/expired" && m.Expiry >= time.Now().Unix() {
+			t.Errorf("%s: expiry %d has not passed", topic, m.Expiry)
 		}
 		if m.SourceID == "" {
 			t.Errorf("%s: no source client id", topic)

@@ -45,12 +45,13 @@ func mosquittoScript(dir string) [][]string {
 			"-D", "publish", "correlation-data", "abc123"},
 		{"mosquitto_pub", "-V", "5", "-r", "-q", "1", "-t", "v5/expiring", "-m", "long-lived",
 			"-D", "publish", "message-expiry-interval", strconv.Itoa(longExpiry)},
-		{"mosquitto_pub", "-V", "5", "-r", "-q", "0", "-t", "v5/hour", "-m", "gone in an hour",
-			"-D", "publish", "message-expiry-interval", "3600"},
+		{"mosquitto_pub", "-V", "5", "-r", "-q", "0", "-t", "v5/expired", "-m", "gone in a second",
+			"-D", "publish", "message-expiry-interval", "1"},
 		{"mosquitto_pub", "-r", "-q", "1", "-t", "bin/blob", "-f", bin},
 		{"mosquitto_pub", "-r", "-q", "0", "-t", "deleted/topic", "-m", "x"},
 		{"mosquitto_pub", "-r", "-q", "0", "-t", "deleted/topic", "-n"},
 		{"mosquitto_pub", "-q", "1", "-t", "sensors/queued", "-m", "not retained"},
+		{"sleep", "2100ms"}, // v5/expired expires; mosquitto still saves it
 	}
 }
 
@@ -99,6 +100,14 @@ func WriteWithMosquitto(t *testing.T, script func(dir string) [][]string) []byte
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, args := range script(dir) {
+		if args[0] == "sleep" {
+			d, err := time.ParseDuration(args[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(d)
+			continue
+		}
 		full := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, args[1:]...)
 		if out, err := exec.Command(args[0], full...).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %v: %s", args, err, out)
