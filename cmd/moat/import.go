@@ -95,7 +95,7 @@ func runImport(args []string, io stdio) int {
 
 	off, err := broker.OpenStore(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
 	if err != nil {
-		if errors.Is(err, store.ErrInUse) || errors.Is(err, cryptfs.ErrMountPoint) {
+		if errors.Is(err, store.ErrInUse) || errors.Is(err, cryptfs.ErrServed) {
 			fmt.Fprintln(io.err, "moat: refusing to import while the store is in use: stop moat serve, import, then start it again")
 		}
 		printErr(io, fmt.Errorf("nothing imported: %w", err))

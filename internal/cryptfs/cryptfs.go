@@ -900,8 +900,8 @@ func (m *Mount) cleanStale() error {
 				time.Sleep(orphanPoll)
 				continue
 			}
-			return fmt.Errorf("%w: %s is already served by another gocryptfs process (of %s); is another Moat running?",
-				ErrMountPoint, m.mountPoint, top.Source)
+			return fmt.Errorf("%w: %s is %w (of %s); is another Moat running?",
+				ErrMountPoint, m.mountPoint, ErrServed, top.Source)
 		}
 		if attempt >= 4 {
 			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%v)", ErrMountPoint, m.mountPoint, statErr)

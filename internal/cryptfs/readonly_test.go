@@ -99,3 +99,28 @@ func TestReadOnlyRefusesEmptyAndWrongKey(t *testing.T) {
 		t.Fatalf("wrong key: %v", err)
 	}
 }
+
+// A mount point another gocryptfs serves is told apart (ErrServed) from
+// other unusable mount points, so tools can say "stop the broker first".
+func TestServedMountPoint(t *testing.T) {
+	o := testOptions(t)
+	m := start(t, o)
+	o.ReadOnly = true
+	_, err := Start(testContext(t), o)
+	if !errors.Is(err, ErrServed) || !errors.Is(err, ErrMountPoint) {
+		t.Fatalf("second Start on a served mount point: %v", err)
+	}
+	if err := m.Check(); err != nil {
+		t.Errorf("first mount disturbed: %v", err)
+	}
+	full := testOptions(t)
+	if err := os.MkdirAll(full.MountPoint, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(full.MountPoint, "x"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(testContext(t), full); errors.Is(err, ErrServed) || !errors.Is(err, ErrMountPoint) {
+		t.Fatalf("non-empty mount point: %v", err)
+	}
+}
