@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -566,10 +567,81 @@ func TestMigrateCertbot(t *testing.T) {
 		t.Errorf("a wrong password accepted: 0x%02x", code8)
 	}
 
+	// certbot renews: new files replace the old ones (renamed into place);
+	// new handshakes get the new certificate, connected clients stay.
+	certFile2, keyFile2, _, pool2, _ := haTestCert(t, t.TempDir())
+	for from, to := range map[string]string{certFile2: "fullchain.pem", keyFile2: "privkey.pem"} {
+		CopyFile(t, from, filepath.Join(live, to+".new"), 0o600)
+		if err := os.Rename(filepath.Join(live, to+".new"), filepath.Join(live, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As a certbot deploy hook would; without it Moat looks within 30 s.
+	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	renewed := &tls.Config{RootCAs: pool2, ServerName: "localhost", MinVersion: tls.VersionTLS12}
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", Loopback(ports[8883]), renewed)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the renewed certificate is not served: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	alice.Ping(t)
+	bob.Ping(t)
+
 	if log := readFile(t, filepath.Join(dir, "log", "mosquitto.log")); !strings.Contains(log, "alice") {
 		t.Errorf("connection_messages: the log file does not name alice:\n%s", log)
 	}
 	if m.HasExited() {
 		t.Fatal("moat stopped")
+	}
+}
+
+// The README's migration section is what the tests above do: it quotes the
+// migrated files verbatim and names the commands they run.
+func TestMigrationREADME(t *testing.T) {
+	readme := readFile(t, filepath.Join(RepoRoot(t), "README.md"))
+	start := strings.Index(readme, "\n## Migrating from mosquitto\n")
+	if start < 0 {
+		t.Fatal("README has no \"Migrating from mosquitto\" section")
+	}
+	section := readme[start+1:]
+	if end := strings.Index(section, "\n## "); end >= 0 {
+		section = section[:end]
+	}
+	var blocks []string
+	for _, part := range strings.Split(section, "   ```\n")[1:] {
+		var lines []string
+		for _, l := range strings.Split(part, "\n") {
+			lines = append(lines, strings.TrimPrefix(l, "   "))
+		}
+		blocks = append(blocks, strings.Join(lines, "\n"))
+	}
+	for _, f := range []string{"tunnel/moat.conf", "tunnel/aclfile", "tunnel-gocryptfs/moat.conf"} {
+		want := readFile(t, filepath.Join("testdata", "migrate", f))
+		found := false
+		for _, b := range blocks {
+			found = found || b == want
+		}
+		if !found {
+			t.Errorf("the README does not quote testdata/migrate/%s verbatim:\n%s", f, want)
+		}
+	}
+	for _, want := range []string{
+		"`pattern readwrite %u/#` alone",
+		"moat import mosquitto-db -n -c moat.conf mosquitto.db",
+		"moat import mosquitto-db -c moat.conf mosquitto.db",
+		"moat import mosquitto-db -c moat.conf -cipher-dir ./data -key-file old.key",
+		"warns for lines 1 and 3", "fails at line 6", "Line 1 warns", "`subscription refused user=... filter=...`",
+	} {
+		if !strings.Contains(section, want) {
+			t.Errorf("the README's migration section lacks %q", want)
+		}
 	}
 }
