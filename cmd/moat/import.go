@@ -21,8 +21,12 @@ import (
 
 const importUsage = "usage: moat import mosquitto-db -c FILE [-replace] [-n] [-cipher-dir DIR -key-file FILE] MOSQUITTO_DB"
 
-// listCap bounds how many topics a report names.
-const listCap = 20
+// listCap bounds how many topics a report names, maxTopicShown how much
+// of each.
+const (
+	listCap       = 20
+	maxTopicShown = 200
+)
 
 func runImport(args []string, io stdio) int {
 	if len(args) == 0 || args[0] != "mosquitto-db" {
@@ -212,6 +216,10 @@ func printList(w io.Writer, items []string) {
 		if i == listCap {
 			fmt.Fprintf(w, "  ... and %d more\n", len(items)-listCap)
 			return
+		}
+		if len(s) > maxTopicShown {
+			fmt.Fprintf(w, "  %q... (%d bytes)\n", s[:maxTopicShown], len(s))
+			continue
 		}
 		fmt.Fprintf(w, "  %q\n", s)
 	}

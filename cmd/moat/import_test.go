@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"os"
@@ -233,5 +234,111 @@ func TestImportUsage(t *testing.T) {
 	code, _, errOut := runCLI(t, "import", "mosquitto-db", "-c", conf, "/nonexistent/mosquitto.db")
 	if code != 1 || !strings.Contains(errOut, "nothing imported") || !strings.Contains(errOut, "/nonexistent/mosquitto.db") {
 		t.Errorf("missing file: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// mosquittoDB builds a version 6 mosquitto.db holding retained messages
+// (topic → payload), laid out as mosquitto 2.0 writes it.
+func mosquittoDB(t *testing.T, msgs map[string]string) string {
+	t.Helper()
+	real, err := os.ReadFile(mosqTestdata + "mosquitto-2.0.11.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bytes.Clone(real[:23+8+16]) // header and config chunk
+	chunk := func(typ uint32, body []byte) {
+		b = binary.BigEndian.AppendUint32(b, typ)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+		b = append(b, body...)
+	}
+	var id uint64
+	for topic, payload := range msgs {
+		id++
+		f := make([]byte, 32)
+		binary.LittleEndian.PutUint64(f, id)
+		binary.BigEndian.PutUint32(f[16:], uint32(len(payload)))
+		binary.BigEndian.PutUint16(f[26:], uint16(len(topic)))
+		f[31] = 1
+		chunk(2, append(append(f, topic...), payload...))
+		chunk(4, binary.LittleEndian.AppendUint64(nil, id))
+	}
+	p := filepath.Join(t.TempDir(), "mosquitto.db")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Hostile topics are listed quoted and escaped, never raw; a topic too
+// long for the store fails the whole import.
+func TestImportHostileTopics(t *testing.T) {
+	dir, _, _ := cliSetup(t, "", "pattern readwrite %u/#\n")
+	conf := filepath.Join(dir, "moat.conf")
+	if err := os.WriteFile(conf, []byte("listener 1883 127.0.0.1\nadmin_listener off\npassword_file passwd\nacl_file acl\n"+
+		"persistence true\npersistence_encryption off\npersistence_location "+filepath.Join(dir, "store")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	evil := "x\x1b[31m\"quoted\" ip=1.2.3.4\nmsg=\"forged\"\r\x7f"
+	db := mosquittoDB(t, map[string]string{evil: "1", "alice/ok": "2", strings.Repeat("long/", 8000): "3"})
+	code, out, errOut := runCLI(t, "import", "mosquitto-db", "-c", conf, db)
+	if code != 1 || !strings.Contains(errOut, "nothing imported") || !strings.Contains(errOut, "key too large") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if strings.Contains(out, "\x1b") || strings.Contains(out, "\r") || strings.Contains(out, "\nmsg=") ||
+		!strings.Contains(out, `"x\x1b[31m\"quoted\" ip=1.2.3.4\nmsg=\"forged\"\r\x7f"`) {
+		t.Fatalf("hostile topic not escaped:\n%q", out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if len(line) > 300 {
+			t.Errorf("output line of %d bytes: %.80q...", len(line), line)
+		}
+	}
+	if !strings.Contains(out, `..." (40000 bytes)`) && !strings.Contains(out, `... (40000 bytes)`) {
+		t.Errorf("long topic not shortened:\n%.2000s", out)
+	}
+	if n := storedRetained(t, conf); n != 0 {
+		t.Fatalf("store holds %d retained messages after a failed import", n)
+	}
+}
+
+// Imports racing for one store: each imports everything or is refused
+// because another holds the store; nothing is lost or doubled.
+func TestImportConcurrent(t *testing.T) {
+	conf, _ := importSetup(t)
+	msgs := map[string]string{}
+	for i := range 1000 {
+		msgs[fmt.Sprintf("site/%d/state", i)] = strings.Repeat("v", i%64+1)
+	}
+	db := mosquittoDB(t, msgs)
+	const n = 20
+	codes := make(chan string, n)
+	for range n {
+		go func() {
+			code, out, errOut := runCLI(t, "import", "mosquitto-db", "-c", conf, db)
+			switch {
+			case code == 0 && (strings.Contains(out, "imported 1000 retained") || strings.Contains(out, "kept 1000 topics")):
+				codes <- "ok"
+			case code == 1 && strings.Contains(errOut, "refusing to import while the store is in use"):
+				codes <- "refused"
+			default:
+				codes <- fmt.Sprintf("exit %d: %s%s", code, out, errOut)
+			}
+		}()
+	}
+	ok := 0
+	for range n {
+		switch r := <-codes; r {
+		case "ok":
+			ok++
+		case "refused":
+		default:
+			t.Error(r)
+		}
+	}
+	if ok == 0 {
+		t.Fatal("no import succeeded")
+	}
+	if got := storedRetained(t, conf); got != 1000 {
+		t.Fatalf("store holds %d retained messages, want 1000", got)
 	}
 }
