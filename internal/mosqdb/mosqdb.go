@@ -15,8 +15,12 @@ import (
 	"unicode/utf8"
 )
 
-// MaxFileSize bounds ReadFile: a mosquitto.db is held in memory whole.
-const MaxFileSize = 1 << 30
+// Limits on what a file may hold: a mosquitto.db is held in memory whole,
+// and each stored message costs memory beyond its bytes.
+const (
+	MaxFileSize = 512 << 20
+	MaxMessages = 1_000_000
+)
 
 // Chunk types (mosquitto's persist.h).
 const (
@@ -125,7 +129,7 @@ type stored struct {
 // Parse parses data, the content of the file called name (used in errors).
 // The returned messages do not alias data.
 func Parse(name string, data []byte) (*DB, error) {
-	p := parser{name: name, b: data}
+	p := parser{name: name, b: data, maxMessages: MaxMessages}
 	db, err := p.parse()
 	if err != nil {
 		return nil, err
@@ -134,9 +138,10 @@ func Parse(name string, data []byte) (*DB, error) {
 }
 
 type parser struct {
-	name string
-	b    []byte
-	off  int
+	name        string
+	b           []byte
+	off         int
+	maxMessages int
 }
 
 func (p *parser) errf(off int, format string, a ...any) error {
@@ -197,6 +202,9 @@ func (p *parser) parse() (*DB, error) {
 			id, s, err := p.msgStore(body, c)
 			if err != nil {
 				return nil, err
+			}
+			if len(byID) == p.maxMessages {
+				return nil, p.errf(start, "more than %d messages", p.maxMessages)
 			}
 			if _, dup := byID[id]; dup {
 				return nil, p.errf(start, "message store id %d appears twice", id)

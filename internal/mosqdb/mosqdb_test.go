@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -279,4 +280,58 @@ func FuzzParse(f *testing.F) {
 			seen[m.Topic] = true
 		}
 	})
+}
+
+// The message count is capped: a file of tiny chunks cannot make the
+// parser hold millions of entries.
+func TestMessageCap(t *testing.T) {
+	real, err := os.ReadFile(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := parser{name: "many.db", b: real, maxMessages: 3}
+	if db, err := p.parse(); err == nil || db != nil || !strings.Contains(err.Error(), "more than 3 messages") {
+		t.Fatalf("%v %v", db, err)
+	}
+	p = parser{name: "ok.db", b: real, maxMessages: 100}
+	if _, err := p.parse(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A store far bigger than the fixtures (100000 retained messages, a
+// 65535-byte topic) parses whole.
+func TestManyMessages(t *testing.T) {
+	real, err := os.ReadFile(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bytes.Clone(real[:headerLen+chunkHdrLen+cfgLen])
+	chunk := func(typ uint32, body []byte) {
+		b = binary.BigEndian.AppendUint32(b, typ)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(body)))
+		b = append(b, body...)
+	}
+	const n = 100000
+	long := strings.Repeat("t", 65535)
+	for i := range n {
+		topic := "site/" + strconv.Itoa(i)
+		if i == 0 {
+			topic = long
+		}
+		f := make([]byte, msgFixedLen)
+		binary.LittleEndian.PutUint64(f, uint64(i+1))
+		binary.BigEndian.PutUint32(f[16:], 1)
+		binary.BigEndian.PutUint16(f[26:], uint16(len(topic)))
+		f[30], f[31] = byte(i%3), 1
+		chunk(chunkMsgStore, append(append(f, topic...), 'x'))
+		chunk(chunkRetain, binary.LittleEndian.AppendUint64(nil, uint64(i+1)))
+	}
+	db, err := Parse("big.db", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(db.Retained) != n || db.Retained[0].Topic != long || db.Retained[n-1].QoS != byte((n-1)%3) {
+		t.Fatalf("%d messages", len(db.Retained))
+	}
 }
