@@ -499,6 +499,7 @@ func equalStrings(a, b []string) bool {
 // Set-up 3: mosquitto with certbot's Let's Encrypt files, password users,
 // TLS 8883, WSS 8083 and plain 1883. Its configuration runs unchanged.
 func TestMigrateCertbot(t *testing.T) {
+	sub := testenv.LookPath(t, "mosquitto_sub", "apt-get install mosquitto-clients")
 	dir := migrateFiles(t, "certbot")
 	// certbot's layout, from a test CA.
 	live := filepath.Join(dir, "letsencrypt", "live", "mqtt.example.com")
@@ -538,14 +539,10 @@ func TestMigrateCertbot(t *testing.T) {
 	carol.Publish(t, "sensor/1/temp", []byte("19.0"), 1, true)
 
 	// TLS 8883 with the real mosquitto client, as devices connect.
-	if _, err := exec.LookPath("mosquitto_sub"); err == nil {
-		out, errOut, err := RunCommand(t, time.Minute, nil, "mosquitto_sub", "-h", "localhost", "-p", strconv.Itoa(ports[8883]),
-			"--cafile", filepath.Join(live, "chain.pem"), "-u", "alice", "-P", "alice-pass", "-t", "sensor/#", "-C", "1", "-W", "20", "-v")
-		if err != nil || strings.TrimSpace(string(out)) != "sensor/1/temp 19.0" {
-			t.Errorf("mosquitto_sub over TLS: %v %q %s", err, out, errOut)
-		}
-	} else {
-		testenv.Missing(t, "mosquitto_sub", "apt-get install mosquitto-clients")
+	subOut, subErr, err := RunCommand(t, time.Minute, nil, sub, "-h", "localhost", "-p", strconv.Itoa(ports[8883]),
+		"--cafile", filepath.Join(live, "chain.pem"), "-u", "alice", "-P", "alice-pass", "-t", "sensor/#", "-C", "1", "-W", "20", "-v")
+	if err != nil || strings.TrimSpace(string(subOut)) != "sensor/1/temp 19.0" {
+		t.Errorf("mosquitto_sub over TLS: %v %q %s", err, subOut, subErr)
 	}
 	alice, code8 := connectTCP(t, Loopback(ports[8883]), tlsCfg, mqtttest.Options{ClientID: "alice-tls", Username: "alice", Password: "alice-pass"})
 	if code8 != 0 {
