@@ -114,14 +114,7 @@ func readableByAnyone(scopes []*auth.Scope, topic string) bool {
 			}
 		}
 		for i := range clients {
-			if sc.ACL == nil {
-				// Without an acl_file every client reads every non-$ topic.
-				if topic != "" && topic[0] != '$' {
-					return true
-				}
-				continue
-			}
-			if sc.ACL.CanRead(&clients[i], topic) {
+			if sc.CanRead(&clients[i], topic) {
 				return true
 			}
 		}
