@@ -33,6 +33,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // DefaultQoS0Flush bounds how long a change nobody waits for (QoS 0
@@ -164,6 +165,9 @@ func Open(o Options) (*Store, error) {
 			return root.OpenFile(name, flag, perm)
 		},
 	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("store %s: open: %w", o.File, ErrInUse)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store %s: open: %w", o.File, err)
 	}
