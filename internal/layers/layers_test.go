@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"internal/listen":  nil,
 	"internal/logging": nil,
 	"internal/metrics": nil,
+	"internal/mosqdb":  nil,
 	"internal/passwd":  nil,
 	"internal/store":   nil,
 	"internal/layers":  nil,
@@ -38,7 +39,7 @@ var allowed = map[string][]string{
 		"internal/cryptfs", "internal/listen", "internal/logging", "internal/metrics", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
-		"internal/logging", "internal/passwd"},
+		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
 	// Test support and benchmarks.
 	"internal/mqtttest":       nil,
 	"internal/testenv":        nil,
