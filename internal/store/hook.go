@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -11,13 +12,24 @@ import (
 // Add it with srv.AddHook(st.Hook(), nil) after st.Restore(srv).
 type Hook struct {
 	mqtt.HookBase
-	s *Store
+	cur atomic.Pointer[Store]
 }
 
 var _ mqtt.Hook = (*Hook)(nil)
 
 // Hook returns the mochi hook writing into s.
-func (s *Store) Hook() *Hook { return &Hook{s: s} }
+func (s *Store) Hook() *Hook {
+	h := &Hook{}
+	h.cur.Store(s)
+	return h
+}
+
+// Switch makes the hook write into st from now on: mochi cannot remove a
+// hook, so a store re-opened after its mount died takes over the one
+// registered. Call st.Adopt afterwards to write mochi's state into it.
+func (h *Hook) Switch(st *Store) { h.cur.Store(st) }
+
+func (h *Hook) st() *Store { return h.cur.Load() }
 
 // ID implements mqtt.Hook.
 func (h *Hook) ID() string { return "moat-store" }
@@ -42,8 +54,9 @@ func (h *Hook) Provides(b byte) bool {
 // connection is closed; QoS 0 is dropped.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Retain {
-		err := h.s.Healthy()
-		if err == nil && h.s.isClosed() {
+		st := h.st()
+		err := st.Healthy()
+		if err == nil && st.isClosed() {
 			err = ErrClosed
 		}
 		if err != nil {
@@ -53,9 +66,10 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
 		return pk, nil
 	}
-	if srv := h.s.srv.Load(); srv != nil {
-		if t := h.s.pendingTargets(srv, &pk, cl.ID); len(t) > 0 {
-			if err := h.s.beginFanout(cl, &pk, t); err != nil {
+	st := h.st()
+	if srv := st.srv.Load(); srv != nil {
+		if t := st.pendingTargets(srv, &pk, cl.ID); len(t) > 0 {
+			if err := st.beginFanout(cl, &pk, t); err != nil {
 				return refuse(cl, pk, err)
 			}
 		}
@@ -86,7 +100,7 @@ func refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, erro
 
 // OnPublished ends the publish's fan-out: its sessions' records and the
 // deletion of its pending record are committed together.
-func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.s.endFanout(cl) }
+func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.st().endFanout(cl) }
 
 // OnRetainMessage runs after mochi updated its in-memory retained set and
 // before it writes the PUBACK/PUBREC, which waits for this call: QoS 1/2
@@ -94,7 +108,7 @@ func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.s.endFanout(c
 // connection is closed here so the ack that follows cannot be written.
 func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	wait := pk.FixedHeader.Qos > 0
-	err := h.s.saveRetained(pk.TopicName, &pk, wait)
+	err := h.st().saveRetained(pk.TopicName, &pk, wait)
 	if err == nil || cl.Net.Inline {
 		return
 	}
@@ -114,7 +128,7 @@ func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 
 // OnRetainedExpired removes a retained message mochi expired.
 func (h *Hook) OnRetainedExpired(topic string) {
-	_ = h.s.saveRetained(topic, nil, false)
+	_ = h.st().saveRetained(topic, nil, false)
 }
 
 // persistent mirrors mochi's rule for a session that outlives its connection.
@@ -175,7 +189,7 @@ func (s *Store) hasSession(id string) bool {
 // state after CONNACK (inherited subscriptions and in-flight included), or
 // drops it when the new connection is not persistent.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if !s.current(cl) {
 		return
 	}
@@ -199,7 +213,7 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect keeps the record (its Will may have changed) or drops an
 // expiring session.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	s := h.s
+	s := h.st()
 	s.endFanout(cl) // a publish whose ack could not be written
 	if !s.current(cl) {
 		return
@@ -214,18 +228,18 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // OnClientExpired drops a session mochi expired.
-func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.s.forget(cl.ID) }
+func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.st().forget(cl.ID) }
 
 // OnWillSent stores the client record with its Will now cleared.
 func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	if h.s.current(cl) && h.s.hasSession(cl.ID) {
-		h.s.enqueue(clientOp(cl))
+	if s := h.st(); s.current(cl) && s.hasSession(cl.ID) {
+		s.enqueue(clientOp(cl))
 	}
 }
 
 // OnSubscribed stores the granted subscriptions.
 func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	s := h.s
+	s := h.st()
 	if !persistent(cl) || !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
@@ -242,7 +256,7 @@ func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 
 // OnUnsubscribed removes subscriptions.
 func (h *Hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
@@ -255,7 +269,7 @@ func (h *Hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosPublish stores a queued or in-flight QoS 1/2 message.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	s := h.s
+	s := h.st()
 	if !persistent(cl) || !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
@@ -273,7 +287,7 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.dropInfligh
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.dropInflight(cl, pk) }
 
 func (h *Hook) dropInflight(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if cl.Net.Inline || cl.IsTakenOver() || !s.hasSession(cl.ID) {
 		return
 	}

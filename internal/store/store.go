@@ -91,6 +91,7 @@ const (
 	opPut                     // bucket/key = val
 	opDel                     // bucket/key
 	opDelClient               // key client id: record, subscriptions, in-flight
+	opWipe                    // every data bucket emptied
 )
 
 type op struct {
@@ -391,6 +392,16 @@ func (s *Store) commit(ops []op) error {
 				err = tx.Bucket(o.bucket).Put(o.key, o.val)
 			case opDel:
 				err = tx.Bucket(o.bucket).Delete(o.key)
+			case opWipe:
+				for _, name := range dataBuckets {
+					if err = tx.DeleteBucket(name); err == nil {
+						_, err = tx.CreateBucket(name)
+					}
+					if err != nil {
+						break
+					}
+				}
+				ret, subs, infl, cls = tx.Bucket(bucketRetained), tx.Bucket(bucketSubs), tx.Bucket(bucketInflight), tx.Bucket(bucketClients)
 			case opDelClient:
 				if err = cls.Delete(o.key); err == nil {
 					prefix := clientPrefix(string(o.key))
