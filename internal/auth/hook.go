@@ -15,6 +15,7 @@ import (
 
 	"github.com/moat-mqtt/moat/internal/acl"
 	"github.com/moat-mqtt/moat/internal/logging"
+	"github.com/moat-mqtt/moat/internal/mochi"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -602,14 +603,7 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		return pk, nil
 	}
 	h.events.ACLDenied("write")
-	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
-	if cl.Properties.ProtocolVersion == 5 {
-		ack.ReasonCode = packets.ErrNotAuthorized.Code
-	}
-	_ = cl.WritePacket(ack)
+	_ = mochi.WriteAck(cl, pk, packets.ErrNotAuthorized.Code)
 	return pk, nil
 }
 
@@ -656,11 +650,7 @@ func (h *Hook) deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 2 {
 		// mochi answers an OnPublish error with a PUBACK even at QoS 2,
 		// which the client cannot match: send the PUBREC here, and drop.
-		_ = cl.WritePacket(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-			PacketID:    pk.PacketID,
-			ReasonCode:  code.Code,
-		})
+		_ = mochi.WriteAck(cl, pk, code.Code)
 		return packets.ErrRejectPacket
 	}
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {

@@ -25,6 +25,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/listen"
 	"github.com/moat-mqtt/moat/internal/metrics"
+	"github.com/moat-mqtt/moat/internal/mochi"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -100,6 +101,9 @@ func New(o Options) (*Broker, error) {
 		Logger:                 log.With("component", "mqtt"),
 		SysTopicResendInterval: int64(max(cfg.SysInterval/time.Second, 1)),
 	})
+	if err := mochi.Verify(b.srv); err != nil {
+		return nil, err
+	}
 	b.auth = auth.New(auth.Options{
 		Server:   b.srv,
 		Policy:   policy,
@@ -126,7 +130,7 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)
 	}
-	if err := stopRetainedSweep(b.srv); err != nil {
+	if err := mochi.StopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	if cfg.Log.ConnectionMessages {
@@ -134,13 +138,13 @@ func New(o Options) (*Broker, error) {
 			return nil, fmt.Errorf("connection log hook: %w", err)
 		}
 	}
-	if err := b.srv.AddHook(&packetIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.PacketIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("packet id hook: %w", err)
 	}
-	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.SubscriptionIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
 	}
-	if err := b.srv.AddHook(&wire{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.Wire{}, nil); err != nil {
 		return nil, fmt.Errorf("wire hook: %w", err)
 	}
 	b.expiry = &retainedExpiry{srv: b.srv}

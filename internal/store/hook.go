@@ -6,6 +6,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mochi"
 )
 
 // Hook persists retained messages and persistent sessions through its Store.
@@ -86,11 +88,7 @@ func refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, erro
 			}
 			// mochi answers a refused QoS 2 with a PUBACK, which clients
 			// reject: send the PUBREC ourselves and let mochi drop it.
-			_ = cl.WritePacket(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-				PacketID:    pk.PacketID,
-				ReasonCode:  packets.ErrUnspecifiedError.Code,
-			})
+			_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
 			return pk, packets.ErrRejectPacket
 		}
 		cl.Stop(fmt.Errorf("publish refused: %w", err))
@@ -113,15 +111,7 @@ func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 		return
 	}
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed() {
-		ack := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Puback},
-			PacketID:    pk.PacketID,
-			ReasonCode:  packets.ErrUnspecifiedError.Code,
-		}
-		if pk.FixedHeader.Qos == 2 {
-			ack.FixedHeader.Type = packets.Pubrec
-		}
-		_ = cl.WritePacket(ack)
+		_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
 	}
 	cl.Stop(fmt.Errorf("retained message not saved: %w", err))
 }

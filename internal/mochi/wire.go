@@ -1,4 +1,4 @@
-package broker
+package mochi
 
 import (
 	"bytes"
@@ -7,7 +7,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// wire makes what mochi writes fit the client's protocol version and its
+// Wire makes what mochi writes fit the client's protocol version and its
 // CONNECT requests, the last step before encoding:
 //   - 3.1.1 and 3.1 clients never get a DISCONNECT: it does not exist in
 //     that direction there, and mochi writes one on takeover, on a quota
@@ -22,16 +22,16 @@ import (
 //
 // Acknowledgements inheriting the PUBLISH's properties are turned off by
 // Compatibilities.NoInheritedPropertiesOnAck in capabilities.
-type wire struct{ mqtt.HookBase }
+type Wire struct{ mqtt.HookBase }
 
-var _ mqtt.Hook = (*wire)(nil)
+var _ mqtt.Hook = (*Wire)(nil)
 
-func (*wire) ID() string { return "moat-wire" }
+func (*Wire) ID() string { return "moat-wire" }
 
-func (*wire) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (*Wire) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
 
-// OnPacketEncode adjusts pk as described on wire.
-func (*wire) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// OnPacketEncode adjusts pk as described on Wire.
+func (*Wire) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch pk.FixedHeader.Type {
 	case packets.Disconnect:
 		if cl.Properties.ProtocolVersion < 5 {
