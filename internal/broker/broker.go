@@ -52,7 +52,7 @@ type Broker struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	run       group // every background goroutine
 	closeOnce sync.Once // mochi panics on a second Close
 
 	files map[string]*certs.FileSource // by listener id
@@ -206,11 +206,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.expiry.loadRestored()
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.expiry.run(b.ctx)
-	}()
+	b.run.goNamed("retained expiry", func() { b.expiry.run(b.ctx) })
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {
 			b.pending = append(b.pending, l)
@@ -410,7 +406,10 @@ func (b *Broker) close(ctx context.Context) error {
 	if b.srv != nil {
 		_ = b.srv.Close()
 	}
-	b.wg.Wait()
+	if err := b.run.wait(ctx); err != nil {
+		errs = append(errs, err)
+		b.log.Error("stop did not finish in time", "error", err)
+	}
 	if b.persist != nil {
 		errs = append(errs, b.persist.close())
 	}

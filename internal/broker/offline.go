@@ -71,8 +71,7 @@ func (s *OfflineStore) Retained() int { return s.b.srv.Topics.Retained.Len() }
 func (s *OfflineStore) Close() error {
 	s.b.cancel()
 	err := s.b.persist.close()
-	s.b.wg.Wait()
-	return err
+	return errors.Join(err, s.b.run.wait(context.Background()))
 }
 
 // UnreadableTopics returns, sorted, the topics that no client could read

@@ -70,11 +70,7 @@ func (b *Broker) startPersistence() error {
 	}
 	b.persist = p
 	if p.mount != nil {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			p.supervise(b.ctx)
-		}()
+		b.run.goNamed("persistence supervisor", func() { p.supervise(b.ctx) })
 	}
 	return nil
 }

@@ -131,10 +131,6 @@ func (b *Broker) WatchFiles(interval time.Duration) (stop func()) {
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(b.ctx)
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		watchFiles(ctx, b.log, files, interval, b.reload)
-	}()
+	b.run.goNamed("file watch", func() { watchFiles(ctx, b.log, files, interval, b.reload) })
 	return cancel
 }
