@@ -52,7 +52,7 @@ type Broker struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	run       group // every background goroutine
+	run       group     // every background goroutine
 	closeOnce sync.Once // mochi panics on a second Close
 
 	files map[string]*certs.FileSource // by listener id
