@@ -69,12 +69,23 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	st := h.st()
-	if srv := st.srv.Load(); srv != nil {
-		if t := st.pendingTargets(srv, &pk, cl.ID); len(t) > 0 {
-			if err := st.beginFanout(cl, &pk, t); err != nil {
-				return refuse(cl, pk, err)
-			}
-		}
+	srv := st.srv.Load()
+	if srv == nil {
+		return pk, nil
+	}
+	t := st.pendingTargets(srv, &pk, cl.ID)
+	if len(t) == 0 {
+		return pk, nil
+	}
+	b := st.beginFanout(cl, &pk, t)
+	if oc, ok := cl.Net.Conn.(orderedConn); ok {
+		// The ack mochi writes next waits in the connection's stream.
+		oc.WriteAfter(b.done, func() error { return b.err }, failAck(cl, pk))
+		return pk, nil
+	}
+	<-b.done
+	if b.err != nil {
+		return refuse(cl, pk, b.err)
 	}
 	return pk, nil
 }
@@ -101,19 +112,44 @@ func refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, erro
 func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.st().endFanout(cl) }
 
 // OnRetainMessage runs after mochi updated its in-memory retained set and
-// before it writes the PUBACK/PUBREC, which waits for this call: QoS 1/2
-// returns only once the value is on disk. If that write failed, the
-// connection is closed here so the ack that follows cannot be written.
+// before it writes the PUBACK/PUBREC: a QoS 1/2 value reaches the client's
+// ack only once it is on disk. On Moat's listeners the ack is held in the
+// connection's outbound stream until the commit (so the client's next
+// packets are read meanwhile and share the commit); elsewhere this call
+// waits. If the write failed, the ack is never written: MQTT 5 clients get
+// 0x80 instead, and the connection is closed.
 func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	st := h.st()
 	wait := pk.FixedHeader.Qos > 0
-	err := h.st().saveRetained(pk.TopicName, &pk, wait)
+	acked := wait && !cl.Net.Inline && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed()
+	if oc, ok := cl.Net.Conn.(orderedConn); ok && acked {
+		b := st.queueRetained(pk.TopicName, &pk, true)
+		oc.WriteAfter(b.done, func() error { return b.err }, failAck(cl, pk))
+		return
+	}
+	err := st.saveRetained(pk.TopicName, &pk, wait)
 	if err == nil || cl.Net.Inline {
 		return
 	}
-	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed() {
+	if acked && cl.Properties.ProtocolVersion == 5 {
 		_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
 	}
 	cl.Stop(fmt.Errorf("retained message not saved: %w", err))
+}
+
+// orderedConn is a connection that can hold its writes until a commit is
+// known (Moat's listeners).
+type orderedConn interface {
+	WriteAfter(done <-chan struct{}, result func() error, onFail []byte)
+}
+
+// failAck is what an MQTT 5 client gets instead of its ack when the
+// commit fails: the ack with 0x80. 3.1.1 has no negative ack.
+func failAck(cl *mqtt.Client, pk packets.Packet) []byte {
+	if cl.Properties.ProtocolVersion != 5 {
+		return nil
+	}
+	return mochi.AckBytes(pk, packets.ErrUnspecifiedError.Code)
 }
 
 // OnRetainedExpired removes a retained message mochi expired.

@@ -143,30 +143,20 @@ func (s *Store) pendingTargets(srv *mqtt.Server, pk *packets.Packet, origin stri
 	return out
 }
 
-// beginFanout writes the pending record of pk and waits until it is on
-// disk; the caller acknowledges pk only when this returns nil.
-func (s *Store) beginFanout(cl *mqtt.Client, pk *packets.Packet, targets []pendingTarget) error {
+// beginFanout queues the pending record of pk, urgently, and returns its
+// batch: the caller acknowledges pk only once the batch is on disk.
+func (s *Store) beginFanout(cl *mqtt.Client, pk *packets.Packet, targets []pendingTarget) *batch {
 	key := binary.BigEndian.AppendUint64(nil, s.seq.Add(1))
 	val := appendPending(nil, pk, targets)
 	f := &fanout{cl: cl, key: key, keys: map[string]int{}}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if old := s.fan[cl.ID]; old != nil {
 		s.endFanoutLocked(old)
 	}
 	s.fan[cl.ID] = f
 	s.active.Add(1)
-	b := s.enqueueLocked(true, op{kind: opPut, bucket: bucketPending, key: key, val: val})
-	s.mu.Unlock()
-	<-b.done
-	if b.err != nil {
-		s.mu.Lock()
-		if s.fan[cl.ID] == f {
-			delete(s.fan, cl.ID)
-			s.active.Add(-1)
-		}
-		s.mu.Unlock()
-	}
-	return b.err
+	return s.enqueueLocked(true, op{kind: opPut, bucket: bucketPending, key: key, val: val})
 }
 
 // endFanout commits the fan-out's records and drops the pending record,

@@ -43,13 +43,13 @@ func TestPendingRecordRestored(t *testing.T) {
 	}
 	// The publisher's connection as mochi would hold it; the fan-out never ends.
 	pub := b.srv.NewClient(nil, "t", "pub", false)
-	if err := st.beginFanout(pub, &pk, targets); err != nil {
-		t.Fatal(err)
+	if b := st.beginFanout(pub, &pk, targets); waitBatch(b) != nil {
+		t.Fatal(b.err)
 	}
 	expired := pk
 	expired.Payload, expired.Expiry = []byte("expired"), time.Now().Unix()-10
-	if err := st.beginFanout(b.srv.NewClient(nil, "t", "pub2", false), &expired, targets); err != nil {
-		t.Fatal(err)
+	if b := st.beginFanout(b.srv.NewClient(nil, "t", "pub2", false), &expired, targets); waitBatch(b) != nil {
+		t.Fatal(b.err)
 	}
 	b.stop(t) // as a crash would leave it: Close writes nothing the fan-out holds
 
@@ -97,8 +97,8 @@ func TestHeldBackRecordWithdrawn(t *testing.T) {
 	st.persisted["sub"] = struct{}{}
 	pub := newServer().NewClient(nil, "t", "pub", false)
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "q", Origin: "pub"}
-	if err := st.beginFanout(pub, &pk, []pendingTarget{{{id: "sub", qos: 1}}}); err != nil {
-		t.Fatal(err)
+	if b := st.beginFanout(pub, &pk, []pendingTarget{{{id: "sub", qos: 1}}}); waitBatch(b) != nil {
+		t.Fatal(b.err)
 	}
 	key := inflightKey("sub", 0x8001)
 	st.sessionOp("pub", op{kind: opPut, bucket: bucketInflight, key: key, val: appendMessage(nil, &pk)})
@@ -118,4 +118,9 @@ func TestHeldBackRecordWithdrawn(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func waitBatch(b *batch) error {
+	<-b.done
+	return b.err
 }

@@ -441,7 +441,19 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 // publish that triggered the call), so memory and disk see the same order.
 // With wait it returns once that value is on disk.
 func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) error {
+	b := s.queueRetained(topic, fallback, wait)
+	if !wait {
+		return nil
+	}
+	<-b.done
+	return b.err
+}
+
+// queueRetained queues the value as saveRetained does and returns its
+// batch; urgent commits it without the flush delay.
+func (s *Store) queueRetained(topic string, fallback *packets.Packet, urgent bool) *batch {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var val *packets.Packet
 	if srv := s.srv.Load(); srv != nil {
 		if pk, ok := srv.Topics.Retained.Get(topic); ok && len(pk.Payload) > 0 {
@@ -451,11 +463,5 @@ func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) 
 		pk := fallback.Copy(false)
 		val = &pk
 	}
-	b := s.enqueueLocked(wait, op{kind: opRetained, key: []byte(topic), pk: val})
-	s.mu.Unlock()
-	if !wait {
-		return nil
-	}
-	<-b.done
-	return b.err
+	return s.enqueueLocked(urgent, op{kind: opRetained, key: []byte(topic), pk: val})
 }

@@ -383,6 +383,16 @@ func (b *bench) run(reps int, dur time.Duration, killSet, startSet int) error {
 				k := fmt.Sprintf("%s %d", name, n)
 				rate[k] = append(rate[k], float64(acks)/time.Since(t0).Seconds())
 			}
+			{
+				// One client with 500 in flight: a gateway publishing its
+				// fleet's state.
+				stop := make(chan struct{})
+				time.AfterFunc(dur, func() { close(stop) })
+				t0 := time.Now()
+				acks := publish(br.addr(), "pipe", 0, 1, 500, 100000, 0, 64, stop, nil, nil)
+				k := name + " pipe"
+				rate[k] = append(rate[k], float64(acks)/time.Since(t0).Seconds())
+			}
 			for _, n := range []int{0, 4} {
 				q, err := queuedRate(br.addr(), n, dur)
 				if err != nil {
@@ -475,6 +485,7 @@ func (b *bench) run(reps int, dur time.Duration, killSet, startSet int) error {
 	}
 	row("durable retained saves/s, 1 QoS 1 publisher", "%.0f", func(n string) float64 { return median(rate[n+" 1"]) })
 	row("durable retained saves/s, 16 QoS 1 publishers", "%.0f", func(n string) float64 { return median(rate[n+" 16"]) })
+	row("durable retained saves/s, 1 publisher, 500 in flight", "%.0f", func(n string) float64 { return median(rate[n+" pipe"]) })
 	row("QoS 1 publishes/s, 16 publishers, no subscribers", "%.0f", func(n string) float64 { return median(rate[n+" q0"]) })
 	row("  the same to 4 offline persistent sessions", "%.0f", func(n string) float64 { return median(rate[n+" q4"]) })
 	row(fmt.Sprintf("kill -9 at %dk retained: acknowledged topics lost", killSet/1000), "%.0f", func(n string) float64 { return median(lost[n]) })
