@@ -48,9 +48,12 @@ RUN apt-get update \
  && install -d -m 0755 /secrets
 COPY --from=build /src/bin/moat /src/bin/gocryptfs /usr/local/bin/
 
-# config (read-only is fine), ACME state, plaintext store or gocryptfs mount
-# point, gocryptfs cipher directory, logs.
-VOLUME ["/mosquitto/config", "/var/lib/moat", "/mosquitto/data", "/mosquitto/encrypted", "/mosquitto/log"]
+# config (read-only is fine), ACME state, gocryptfs cipher directory, logs.
+# /mosquitto/data is no VOLUME: with persistence_encryption gocryptfs it is
+# the mount point of the plaintext view, and Moat refuses to mount over a
+# volume (compose files mount a volume there for plain persistence, or an
+# empty tmpfs when the root is read-only).
+VOLUME ["/mosquitto/config", "/var/lib/moat", "/mosquitto/encrypted", "/mosquitto/log"]
 
 # 1883 MQTT (keep it on the container network), 8883 MQTT over TLS,
 # 8083 MQTT over secure WebSocket, 9001 plain WebSocket origin for a
