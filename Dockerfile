@@ -23,7 +23,10 @@
 # Verified: uid 1883 with only CAP_SYS_ADMIN in its bounding set mounts and
 # unmounts gocryptfs this way.
 # Moat mounts for itself only (no -allow_other), so /etc/fuse.conf needs no
-# user_allow_other. Without encrypted persistence none of this is needed:
+# user_allow_other, and the mount point /mosquitto/data (and its parent) is
+# mode 0755: fusermount3 mounts as root without CAP_DAC_OVERRIDE (cap_drop
+# ALL), which fails with "Permission denied" on a 0700 directory of uid 1883.
+# A tmpfs mounted there takes that mode too. Without encrypted persistence none of this is needed:
 # run with cap_drop ALL and no-new-privileges.
 
 # ---- build -------------------------------------------------------------------
@@ -43,8 +46,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 1883 moat \
  && useradd --system --uid 1883 --gid 1883 --home-dir /var/lib/moat --no-create-home --shell /usr/sbin/nologin moat \
- && install -d -o 1883 -g 1883 -m 0750 /mosquitto /mosquitto/config /mosquitto/conf /mosquitto/log /var/lib/moat \
- && install -d -o 1883 -g 1883 -m 0700 /mosquitto/data /mosquitto/encrypted /var/lib/moat/acme \
+ && install -d -o 1883 -g 1883 -m 0750 /mosquitto/config /mosquitto/conf /mosquitto/log /var/lib/moat \
+ && install -d -o 1883 -g 1883 -m 0700 /mosquitto/encrypted /var/lib/moat/acme \
+ && install -d -o 1883 -g 1883 -m 0755 /mosquitto /mosquitto/data \
  && install -d -m 0755 /secrets
 COPY --from=build /src/bin/moat /src/bin/gocryptfs /usr/local/bin/
 

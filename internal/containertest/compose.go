@@ -200,7 +200,7 @@ func (s *Stack) RunArgs(service string) []string {
 		}
 	}
 	for _, tm := range svc.Tmpfs {
-		args = append(args, "--tmpfs", tm)
+		args = append(args, "--tmpfs", podmanTmpfs(tm))
 	}
 	for _, sec := range svc.Secrets {
 		def, ok := s.Project.Secrets[sec.Source]
@@ -287,4 +287,27 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	}
 	sort.Strings(keys)
 	return slices.Clip(keys)
+}
+
+// podmanTmpfs maps a Docker --tmpfs spec to podman's: podman 4 refuses
+// the kernel's uid= and gid= options and has U (owned by the container's
+// user) instead. Tests check the resulting owner in mountinfo.
+func podmanTmpfs(spec string) string {
+	path, opts, ok := strings.Cut(spec, ":")
+	if !ok {
+		return spec
+	}
+	var out []string
+	owner := false
+	for _, o := range strings.Split(opts, ",") {
+		if strings.HasPrefix(o, "uid=") || strings.HasPrefix(o, "gid=") {
+			owner = true
+			continue
+		}
+		out = append(out, o)
+	}
+	if owner {
+		out = append(out, "U")
+	}
+	return path + ":" + strings.Join(out, ",")
 }
