@@ -1,0 +1,229 @@
+package deploy
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/containertest"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
+)
+
+// directStack starts deploy/direct with encrypted persistence.
+type directStack struct {
+	p        *containertest.Podman
+	s        *containertest.Stack
+	user, pw string
+	extra    []string // ports published besides the compose file's
+}
+
+func newDirectStack(t *testing.T, p *containertest.Podman, tag string, confExtra []string, env map[string]string, extraPorts []string) *directStack {
+	t.Helper()
+	dir := t.TempDir()
+	secrets := t.TempDir()
+	ownedFile(t, secrets+"/moat_persistence_key", []byte(randomHex(32)+"\n"), 0o400)
+	token := env["CLOUDFLARE_DNS_API_TOKEN"]
+	if token == "" {
+		token = "not-a-real-token-" + randomHex(8)
+	}
+	ownedFile(t, secrets+"/cloudflare_dns_api_token", []byte(token+"\n"), 0o400)
+	d := &directStack{p: p, user: "sensor", pw: "pw-" + randomHex(12)}
+	interp := map[string]string{
+		"DOMAIN":       "mqtt.example.test",
+		"EMAIL":        "ops@example.test",
+		"MOAT_SECRETS": secrets,
+	}
+	for k, v := range env {
+		interp[k] = v
+	}
+	d.s = containertest.LoadStack(p, "direct", containertest.Overrides{
+		Env:   interp,
+		Image: tag,
+		Binds: map[string]string{
+			"/mosquitto/config/mosquitto.conf": confCopy(t, "direct/moat.conf", dir, confExtra...),
+			"/mosquitto/config/passwd":         passwdFile(t, dir, d.user, d.pw),
+		},
+		Devices:    map[string]string{"/dev/fuse": fuseNode(t)},
+		ExtraPorts: map[string][]string{"moat": extraPorts},
+	})
+	return d
+}
+
+func (d *directStack) name() string { return d.s.Container("moat") }
+
+// waitMounted waits until the container's Moat logged the encrypted mount
+// for the n-th time and answers a CONNECT on the published port.
+func (d *directStack) waitReady(t *testing.T, port string, mounts int) string {
+	t.Helper()
+	var addr string
+	waitFor(t, 90*time.Second, "moat ready", func() string {
+		logs := d.p.Logs(d.name())
+		if n := strings.Count(logs, "encrypted directory mounted"); n < mounts {
+			st, _, _ := d.p.State(d.name())
+			return "state " + st + ", mounted " + itoa(n) + " times; errors: " + errorLines(logs, 6)
+		}
+		if addr == "" {
+			addr = d.p.HostPort(d.name(), port)
+		}
+		c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "probe", Username: d.user, Password: d.pw, Timeout: 3 * time.Second})
+		if err != nil {
+			return err.Error()
+		}
+		defer c.Close()
+		if ack.ReasonCode != 0 {
+			return "CONNACK " + itoa(int(ack.ReasonCode))
+		}
+		return ""
+	})
+	return addr
+}
+
+func (d *directStack) publish(t *testing.T, addr, topic, payload string) {
+	t.Helper()
+	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "pub-" + randomHex(4), Username: d.user, Password: d.pw})
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("connect: %v (CONNACK %d)", err, ack.ReasonCode)
+	}
+	defer c.Close()
+	if a := c.Publish(t, topic, []byte(payload), 1, true); a.Code != 0 {
+		t.Fatalf("PUBACK code 0x%02x", a.Code)
+	}
+	c.Disconnect()
+}
+
+// retained asserts the broker holds payload as topic's retained message.
+func (d *directStack) retained(t *testing.T, addr, topic, payload, after string) {
+	t.Helper()
+	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "sub-" + randomHex(4), Username: d.user, Password: d.pw, AutoAck: true})
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("after %s: connect: %v (CONNACK %d)", after, err, ack.ReasonCode)
+	}
+	defer c.Close()
+	c.MustSubscribe(t, 1, topic)
+	if !c.WaitTopic(topic) {
+		t.Fatalf("after %s: retained message on %s lost", after, topic)
+	}
+	pk, _ := c.Message(topic)
+	if string(pk.Payload) != payload || !pk.FixedHeader.Retain || pk.FixedHeader.Qos != 1 {
+		t.Fatalf("after %s: got %q retain=%v qos=%d, want %q retained at QoS 1", after, pk.Payload, pk.FixedHeader.Retain, pk.FixedHeader.Qos, payload)
+	}
+}
+
+func testDirect(t *testing.T, p *containertest.Podman, tag string) {
+	start := time.Now()
+	// ACME must never reach Let's Encrypt from a test: a closed port on
+	// the container's own loopback. The TLS listeners then stay closed, so
+	// the plain listener (which the compose file keeps on the container
+	// network) is published on 127.0.0.1 for the test's client.
+	d := newDirectStack(t, p, tag, []string{"acme_directory https://127.0.0.1:1/directory"}, nil, []string{"1883"})
+	d.s.Up("moat")
+	name := d.name()
+	addr := d.waitReady(t, "1883", 1)
+	t.Logf("started in %v", time.Since(start).Round(time.Millisecond))
+
+	t.Run("hardening", func(t *testing.T) {
+		out := p.For(t).Must(time.Minute, "inspect", "-f",
+			"{{.HostConfig.ReadonlyRootfs}} {{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.CapAdd}}", name)
+		if out != "true 1883:1883 [] [CAP_SYS_ADMIN]" && !strings.HasPrefix(out, "true 1883:1883 ") {
+			t.Errorf("inspect: %s", out)
+		}
+		status := p.For(t).Must(time.Minute, "exec", name, "cat", "/proc/1/status")
+		for _, want := range []string{"Uid:\t1883\t1883\t1883\t1883", "CapEff:\t0000000000000000", "CapBnd:\t0000000000200000", "NoNewPrivs:\t0"} {
+			if !strings.Contains(status, want) {
+				t.Errorf("/proc/1/status lacks %q:\n%s", want, status)
+			}
+		}
+		if _, err := p.Try(time.Minute, "exec", name, "touch", "/usr/local/bin/x"); err == nil {
+			t.Error("root file system is writable")
+		}
+		mounts := p.For(t).Must(time.Minute, "exec", name, "cat", "/proc/self/mountinfo")
+		var data []string
+		for _, l := range strings.Split(mounts, "\n") {
+			if strings.Contains(l, " /mosquitto/data ") {
+				data = append(data, l)
+			}
+		}
+		// The compose file's tmpfs owned by 1883, the plaintext view on top.
+		if len(data) != 2 || !strings.Contains(data[0], " - tmpfs ") || !strings.Contains(data[0], "uid=1883,gid=1883") ||
+			!strings.Contains(data[1], " - fuse.gocryptfs /mosquitto/encrypted ") {
+			t.Errorf("mounts on /mosquitto/data: want the tmpfs and gocryptfs over it:\n%s", strings.Join(data, "\n"))
+		}
+	})
+
+	topic := "sensor/retained-" + p.RunID
+	payload := "plaintext-payload-" + randomHex(16)
+	d.publish(t, addr, topic, payload)
+	d.retained(t, addr, topic, payload, "publish")
+
+	t.Run("restart", func(t *testing.T) {
+		p.For(t).Must(2*time.Minute, "restart", name)
+		addr := d.waitReady(t, "1883", 2)
+		d.retained(t, addr, topic, payload, "podman restart")
+	})
+	t.Run("kill", func(t *testing.T) {
+		p := p.For(t)
+		_, before, _ := p.State(name)
+		p.Must(time.Minute, "kill", "-s", "KILL", name)
+		// restart: unless-stopped may bring it back by itself.
+		waitFor(t, 30*time.Second, "container after SIGKILL", func() string {
+			st, at, err := p.State(name)
+			switch {
+			case err != nil:
+				return err.Error()
+			case st == "running" && at != before:
+				return ""
+			case st == "exited" || st == "stopped":
+				if _, err := p.Try(time.Minute, "start", name); err != nil {
+					return err.Error()
+				}
+			}
+			return "state " + st
+		})
+		addr := d.waitReady(t, "1883", 1)
+		d.retained(t, addr, topic, payload, "podman kill -s KILL")
+	})
+	t.Run("recreate", func(t *testing.T) {
+		d.s.Start("moat")
+		addr := d.waitReady(t, "1883", 1)
+		d.retained(t, addr, topic, payload, "re-created container")
+	})
+	t.Run("cipher volume holds no plaintext", func(t *testing.T) {
+		dir := p.For(t).Must(time.Minute, "volume", "inspect", "-f", "{{.Mountpoint}}", d.s.Volume("cipher"))
+		if hits := grepTree(t, dir, payload, topic); len(hits) > 0 {
+			t.Errorf("plaintext in the cipher volume: %v", hits)
+		}
+	})
+	t.Run("healthcheck", func(t *testing.T) {
+		p := p.For(t)
+		waitFor(t, 60*time.Second, "healthy", func() string {
+			out, err := p.Try(time.Minute, "healthcheck", "run", name)
+			if err != nil {
+				return err.Error() + " " + out
+			}
+			return ""
+		})
+		// Kill gocryptfs: the mount dies under the running broker.
+		pids := p.Must(time.Minute, "top", name, "hpid", "comm")
+		killed := false
+		for _, l := range strings.Split(pids, "\n") {
+			f := strings.Fields(l)
+			if len(f) == 2 && f[1] == "gocryptfs" {
+				if _, err := runCmd(t, "kill", "-9", f[0]); err != nil {
+					t.Fatal(err)
+				}
+				killed = true
+			}
+		}
+		if !killed {
+			t.Fatalf("no gocryptfs process in the container:\n%s", pids)
+		}
+		waitFor(t, 60*time.Second, "unhealthy after the mount died", func() string {
+			if out, err := p.Try(time.Minute, "healthcheck", "run", name); err == nil {
+				return "still healthy: " + out
+			}
+			return ""
+		})
+		t.Logf("logs after the mount died: %s", lastLines(p.Logs(name), 10))
+	})
+	t.Logf("deploy/direct checks took %v", time.Since(start).Round(time.Second))
+}
