@@ -1,59 +1,81 @@
 package deploy
 
 import (
+	"crypto/tls"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moat-mqtt/moat/internal/certs/acmetest"
 	"github.com/moat-mqtt/moat/internal/containertest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
-// directStack starts deploy/direct with encrypted persistence.
+// directStack is deploy/direct with encrypted persistence, its
+// certificates from the ACME harness on the stack's network.
 type directStack struct {
 	p        *containertest.Podman
 	s        *containertest.Stack
+	acme     *acmeHarness
 	user, pw string
-	extra    []string // ports published besides the compose file's
+	domain   string
 }
 
-func newDirectStack(t *testing.T, p *containertest.Podman, tag string, confExtra []string, env map[string]string, extraPorts []string) *directStack {
+func newDirectStack(t *testing.T, p *containertest.Podman, tag string) *directStack {
 	t.Helper()
 	dir := t.TempDir()
 	secrets := t.TempDir()
 	ownedFile(t, secrets+"/moat_persistence_key", []byte(randomHex(32)+"\n"), 0o400)
-	token := env["CLOUDFLARE_DNS_API_TOKEN"]
-	if token == "" {
-		token = "not-a-real-token-" + randomHex(8)
-	}
-	ownedFile(t, secrets+"/cloudflare_dns_api_token", []byte(token+"\n"), 0o400)
-	d := &directStack{p: p, user: "sensor", pw: "pw-" + randomHex(12)}
-	interp := map[string]string{
-		"DOMAIN":       "mqtt.example.test",
-		"EMAIL":        "ops@example.test",
-		"MOAT_SECRETS": secrets,
-	}
-	for k, v := range env {
-		interp[k] = v
-	}
-	d.s = containertest.LoadStack(p, "direct", containertest.Overrides{
-		Env:   interp,
-		Image: tag,
-		Binds: map[string]string{
-			"/mosquitto/config/mosquitto.conf": confCopy(t, "direct/moat.conf", dir, confExtra...),
-			"/mosquitto/config/passwd":         passwdFile(t, dir, d.user, d.pw),
+	ownedFile(t, secrets+"/cloudflare_dns_api_token", []byte(acmetest.Token+"\n"), 0o400)
+	d := &directStack{p: p, user: "sensor", pw: "pw-" + randomHex(12), domain: "mqtt." + acmetest.Zone}
+	o := containertest.Overrides{
+		Env: map[string]string{
+			"DOMAIN":       d.domain,
+			"EMAIL":        "ops@" + acmetest.Zone,
+			"MOAT_SECRETS": secrets,
 		},
-		Devices:    map[string]string{"/dev/fuse": fuseNode(t)},
-		ExtraPorts: map[string][]string{"moat": extraPorts},
-	})
+		Image:   tag,
+		Binds:   map[string]string{"/mosquitto/config/passwd": passwdFile(t, dir, d.user, d.pw)},
+		Devices: map[string]string{"/dev/fuse": fuseNode(t)},
+	}
+	d.s = containertest.LoadStack(p, "direct", o)
+	d.s.Prepare("moat")
+	d.acme = startACMEHarness(t, p, d.s.Network("default"))
+	// Loaded again with the harness in place: same project name, same
+	// networks and volumes.
+	o.Binds["/mosquitto/config/mosquitto.conf"] = confCopy(t, "direct/moat.conf", dir, d.acme.conf()...)
+	o.ExtraEnv = map[string]map[string]string{"moat": d.acme.env()}
+	o.ExtraVolumes = map[string][]string{"moat": {d.acme.volume()}}
+	d.s = d.s.With(o)
 	return d
 }
 
 func (d *directStack) name() string { return d.s.Container("moat") }
 
-// waitMounted waits until the container's Moat logged the encrypted mount
-// for the n-th time and answers a CONNECT on the published port.
-func (d *directStack) waitReady(t *testing.T, port string, mounts int) string {
+// dialTLS connects an MQTT client over TLS on 8883, verifying the
+// certificate against the harness's root.
+func (d *directStack) dial(addr, id string, autoAck bool) (*mqtttest.Client, error) {
+	conn, err := tls.Dial("tcp", addr, d.acme.tlsConfig(d.domain))
+	if err != nil {
+		return nil, err
+	}
+	c, ack, err := mqtttest.Connect(conn, mqtttest.Options{ClientID: id, Username: d.user, Password: d.pw, AutoAck: autoAck, Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	if ack.ReasonCode != 0 {
+		c.Close()
+		return nil, fmt.Errorf("CONNACK 0x%02x", ack.ReasonCode)
+	}
+	return c, nil
+}
+
+// waitReady waits until the container's Moat logged the encrypted mount
+// (at least mounts times in this container's log) and serves MQTT over
+// TLS with a verified certificate on the published 8883.
+func (d *directStack) waitReady(t *testing.T, mounts int) string {
 	t.Helper()
 	var addr string
 	waitFor(t, 90*time.Second, "moat ready", func() string {
@@ -63,16 +85,13 @@ func (d *directStack) waitReady(t *testing.T, port string, mounts int) string {
 			return "state " + st + ", mounted " + itoa(n) + " times; errors: " + errorLines(logs, 6)
 		}
 		if addr == "" {
-			addr = d.p.HostPort(d.name(), port)
+			addr = d.p.HostPort(d.name(), "8883")
 		}
-		c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "probe", Username: d.user, Password: d.pw, Timeout: 3 * time.Second})
+		c, err := d.dial(addr, "probe", false)
 		if err != nil {
-			return err.Error()
+			return err.Error() + "; errors: " + errorLines(logs, 4)
 		}
-		defer c.Close()
-		if ack.ReasonCode != 0 {
-			return "CONNACK " + itoa(int(ack.ReasonCode))
-		}
+		c.Close()
 		return ""
 	})
 	return addr
@@ -80,9 +99,9 @@ func (d *directStack) waitReady(t *testing.T, port string, mounts int) string {
 
 func (d *directStack) publish(t *testing.T, addr, topic, payload string) {
 	t.Helper()
-	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "pub-" + randomHex(4), Username: d.user, Password: d.pw})
-	if err != nil || ack.ReasonCode != 0 {
-		t.Fatalf("connect: %v (CONNACK %d)", err, ack.ReasonCode)
+	c, err := d.dial(addr, "pub-"+randomHex(4), false)
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer c.Close()
 	if a := c.Publish(t, topic, []byte(payload), 1, true); a.Code != 0 {
@@ -92,12 +111,8 @@ func (d *directStack) publish(t *testing.T, addr, topic, payload string) {
 }
 
 // retained asserts the broker holds payload as topic's retained message.
-func (d *directStack) retained(t *testing.T, addr, topic, payload, after string) {
+func (d *directStack) retained(t *testing.T, c *mqtttest.Client, topic, payload, after string) {
 	t.Helper()
-	c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: "sub-" + randomHex(4), Username: d.user, Password: d.pw, AutoAck: true})
-	if err != nil || ack.ReasonCode != 0 {
-		t.Fatalf("after %s: connect: %v (CONNACK %d)", after, err, ack.ReasonCode)
-	}
 	defer c.Close()
 	c.MustSubscribe(t, 1, topic)
 	if !c.WaitTopic(topic) {
@@ -109,17 +124,22 @@ func (d *directStack) retained(t *testing.T, addr, topic, payload, after string)
 	}
 }
 
+func (d *directStack) retainedTLS(t *testing.T, addr, topic, payload, after string) {
+	t.Helper()
+	c, err := d.dial(addr, "sub-"+randomHex(4), true)
+	if err != nil {
+		t.Fatalf("after %s: %v", after, err)
+	}
+	d.retained(t, c, topic, payload, after)
+}
+
 func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 	start := time.Now()
-	// ACME must never reach Let's Encrypt from a test: a closed port on
-	// the container's own loopback. The TLS listeners then stay closed, so
-	// the plain listener (which the compose file keeps on the container
-	// network) is published on 127.0.0.1 for the test's client.
-	d := newDirectStack(t, p, tag, []string{"acme_directory https://127.0.0.1:1/directory"}, nil, []string{"1883"})
+	d := newDirectStack(t, p, tag)
 	d.s.Up("moat")
 	name := d.name()
-	addr := d.waitReady(t, "1883", 1)
-	t.Logf("started in %v", time.Since(start).Round(time.Millisecond))
+	addr := d.waitReady(t, 1)
+	t.Logf("started with a certificate in %v", time.Since(start).Round(time.Millisecond))
 
 	t.Run("hardening", func(t *testing.T) {
 		out := p.For(t).Must(time.Minute, "inspect", "-f",
@@ -153,12 +173,12 @@ func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 	topic := "sensor/retained-" + p.RunID
 	payload := "plaintext-payload-" + randomHex(16)
 	d.publish(t, addr, topic, payload)
-	d.retained(t, addr, topic, payload, "publish")
+	d.retainedTLS(t, addr, topic, payload, "publish")
 
 	t.Run("restart", func(t *testing.T) {
 		p.For(t).Must(2*time.Minute, "restart", name)
-		addr := d.waitReady(t, "1883", 2)
-		d.retained(t, addr, topic, payload, "podman restart")
+		addr := d.waitReady(t, 2)
+		d.retainedTLS(t, addr, topic, payload, "podman restart")
 	})
 	t.Run("kill", func(t *testing.T) {
 		p := p.For(t)
@@ -179,13 +199,29 @@ func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 			}
 			return "state " + st
 		})
-		addr := d.waitReady(t, "1883", 1)
-		d.retained(t, addr, topic, payload, "podman kill -s KILL")
+		addr := d.waitReady(t, 1)
+		d.retainedTLS(t, addr, topic, payload, "podman kill -s KILL")
 	})
 	t.Run("recreate", func(t *testing.T) {
 		d.s.Start("moat")
-		addr := d.waitReady(t, "1883", 1)
-		d.retained(t, addr, topic, payload, "re-created container")
+		addr := d.waitReady(t, 1)
+		d.retainedTLS(t, addr, topic, payload, "re-created container")
+	})
+	t.Run("WSS 8083", func(t *testing.T) {
+		wss := p.For(t).HostPort(name, "8083")
+		ws, err := mqtttest.DialWS("wss://"+wss+"/mqtt", d.acme.tlsConfig(d.domain))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain := ws.TLS().VerifiedChains
+		if len(chain) == 0 || chain[0][0].Subject.CommonName != d.domain && !slices.Contains(chain[0][0].DNSNames, d.domain) {
+			t.Fatalf("WSS certificate not verified for %s: %v", d.domain, chain)
+		}
+		c, ack, err := mqtttest.Connect(ws, mqtttest.Options{ClientID: "wss-" + randomHex(4), Username: d.user, Password: d.pw, AutoAck: true})
+		if err != nil || ack.ReasonCode != 0 {
+			t.Fatalf("MQTT over WSS: %v (CONNACK %d)", err, ack.ReasonCode)
+		}
+		d.retained(t, c, topic, payload, "WSS connect")
 	})
 	t.Run("cipher volume holds no plaintext", func(t *testing.T) {
 		dir := p.For(t).Must(time.Minute, "volume", "inspect", "-f", "{{.Mountpoint}}", d.s.Volume("cipher"))

@@ -29,6 +29,10 @@ type Overrides struct {
 	// ExtraPorts are container ports published on 127.0.0.1 in addition to
 	// the compose file's, per service.
 	ExtraPorts map[string][]string
+	// ExtraEnv and ExtraVolumes are added to a service's environment and
+	// volumes (podman --env and --volume syntax), per service.
+	ExtraEnv     map[string]map[string]string
+	ExtraVolumes map[string][]string
 }
 
 // Stack is one compose project run with podman under a name unique to the
@@ -96,14 +100,16 @@ func (s *Stack) Up(services ...string) {
 func (s *Stack) Start(service string) {
 	s.p.t.Helper()
 	args := s.RunArgs(service)
-	s.ensureDeps(service)
+	s.Prepare(service)
 	name := s.Container(service)
 	s.p.Cleanup("container", name)
 	s.p.Try(time.Minute, "rm", "-f", "-t", "0", name)
 	s.p.Must(2*time.Minute, append([]string{"run", "-d"}, args...)...)
 }
 
-func (s *Stack) ensureDeps(service string) {
+// Prepare creates the networks and volumes a service uses (once per
+// stack), each removed when the test ends.
+func (s *Stack) Prepare(service string) {
 	s.p.t.Helper()
 	svc := s.Project.Services[service]
 	for net := range svc.Networks {
@@ -172,6 +178,12 @@ func (s *Stack) RunArgs(service string) []string {
 		if v := svc.Environment[k]; v != nil {
 			args = append(args, "--env", k+"="+*v)
 		}
+	}
+	for _, k := range sortedKeys(s.o.ExtraEnv[service]) {
+		args = append(args, "--env", k+"="+s.o.ExtraEnv[service][k])
+	}
+	for _, v := range s.o.ExtraVolumes[service] {
+		args = append(args, "--volume", v)
 	}
 	for _, pc := range svc.Ports {
 		proto := pc.Protocol
@@ -310,4 +322,12 @@ func podmanTmpfs(spec string) string {
 		out = append(out, "U")
 	}
 	return path + ":" + strings.Join(out, ",")
+}
+
+// With is the same stack (project name, networks and volumes already
+// made) with other overrides.
+func (s *Stack) With(o Overrides) *Stack {
+	c := *s
+	c.o = o
+	return &c
 }

@@ -187,3 +187,13 @@ func (p *Podman) For(t testing.TB) *Podman {
 	q.t = t
 	return &q
 }
+
+// IP is a container's address on a network.
+func (p *Podman) IP(container, network string) string {
+	p.t.Helper()
+	ip := p.Must(30*time.Second, "inspect", "-f", fmt.Sprintf("{{(index .NetworkSettings.Networks %q).IPAddress}}", network), container)
+	if ip == "" || ip == "<no value>" {
+		p.t.Fatalf("container %s has no address on %s", container, network)
+	}
+	return ip
+}
