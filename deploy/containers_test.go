@@ -46,6 +46,7 @@ func TestContainers(t *testing.T) {
 		}
 	})
 	t.Run("direct", func(t *testing.T) { testDirect(t, p.For(t), tag) })
+	t.Run("tunnel", func(t *testing.T) { testTunnel(t, p.For(t), tag) })
 }
 
 // imageVersion is the version the image is built with: MOAT_VERSION (the

@@ -33,6 +33,9 @@ type Overrides struct {
 	// volumes (podman --env and --volume syntax), per service.
 	ExtraEnv     map[string]map[string]string
 	ExtraVolumes map[string][]string
+	// StandIns replace a service's image and command (an image not
+	// available here), keeping everything else the compose file says.
+	StandIns map[string][]string
 }
 
 // Stack is one compose project run with podman under a name unique to the
@@ -168,7 +171,7 @@ func (s *Stack) RunArgs(service string) []string {
 	if svc.User != "" {
 		args = append(args, "--user", svc.User)
 	}
-	if svc.Restart != "" {
+	if _, standIn := s.o.StandIns[service]; svc.Restart != "" && !standIn { // a stand-in runs once
 		args = append(args, "--restart", svc.Restart)
 	}
 	if svc.StopGracePeriod != nil {
@@ -281,6 +284,9 @@ func (s *Stack) RunArgs(service string) []string {
 			args = append(args, "--network", spec)
 		}
 	}
+	if st, ok := s.o.StandIns[service]; ok && len(st) > 0 {
+		return append(args, st...)
+	}
 	args = append(args, image)
 	return append(args, svc.Command...)
 }
@@ -329,5 +335,12 @@ func podmanTmpfs(spec string) string {
 func (s *Stack) With(o Overrides) *Stack {
 	c := *s
 	c.o = o
+	return &c
+}
+
+// For is the same stack reporting to t's Podman (a subtest's).
+func (s *Stack) For(p *Podman) *Stack {
+	c := *s
+	c.p = p
 	return &c
 }
