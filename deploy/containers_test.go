@@ -47,6 +47,7 @@ func TestContainers(t *testing.T) {
 	})
 	t.Run("direct", func(t *testing.T) { testDirect(t, p.For(t), tag) })
 	t.Run("tunnel", func(t *testing.T) { testTunnel(t, p.For(t), tag) })
+	t.Run("homeassistant", func(t *testing.T) { testHomeAssistant(t, p.For(t), tag) })
 }
 
 // imageVersion is the version the image is built with: MOAT_VERSION (the
@@ -219,3 +220,14 @@ func errorLines(logs string, n int) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func fileMode(m uint32) fs.FileMode { return fs.FileMode(m) }
