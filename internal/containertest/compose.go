@@ -106,7 +106,7 @@ func (s *Stack) Start(service string) {
 	s.Prepare(service)
 	name := s.Container(service)
 	s.p.Cleanup("container", name)
-	s.p.Try(time.Minute, "rm", "-f", "-t", "0", name)
+	s.p.Try(time.Minute, "rm", "-f", "-v", "-t", "0", name)
 	s.p.Must(2*time.Minute, append([]string{"run", "-d"}, args...)...)
 }
 

@@ -142,7 +142,7 @@ func (p *Podman) Cleanup(kind, name string) {
 	p.t.Cleanup(func() {
 		args := []string{kind, "rm", "-f"}
 		if kind == "container" {
-			args = append(args, "-t", "0")
+			args = append(args, "-v", "-t", "0") // -v: with the image's anonymous volumes
 		}
 		if _, err := p.Try(time.Minute, append(args, name)...); err != nil && p.Exists(kind, name) {
 			p.t.Errorf("cleanup: %v", err)
