@@ -3,10 +3,14 @@ package deploy
 import (
 	"crypto/tls"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/moat-mqtt/moat/internal/certs/acmetest"
 	"github.com/moat-mqtt/moat/internal/containertest"
@@ -262,4 +266,59 @@ func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 		t.Logf("logs after the mount died: %s", lastLines(p.Logs(name), 10))
 	})
 	t.Logf("deploy/direct checks took %v", time.Since(start).Round(time.Second))
+}
+
+// With one thing missing from what the compose file sets up, Moat does not
+// start and names that cause and its fix.
+func testDirectFUSEDiagnostics(t *testing.T, p *containertest.Podman, tag string) {
+	strict := filepath.Join(t.TempDir(), "fuse")
+	if err := unix.Mknod(strict, unix.S_IFCHR|0o600, int(unix.Mkdev(10, 229))); err != nil {
+		t.Fatalf("mknod: %v", err)
+	}
+	os.Chmod(strict, 0o600)
+	tests := []struct {
+		name   string
+		device string   // /dev/fuse node
+		args   []string // added to podman run
+		says   []string
+	}{
+		{"no-new-privileges", fuseNode(t), []string{"--security-opt", "no-new-privileges"},
+			[]string{"no-new-privileges is set", "remove no-new-privileges"}},
+		{"device node 0600", strict, nil,
+			[]string{"/dev/fuse is mode 0600 owned by 0:0 and Moat runs as uid 1883", "mode 0666"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := p.For(t)
+			dir, secrets := t.TempDir(), t.TempDir()
+			ownedFile(t, secrets+"/moat_persistence_key", []byte(randomHex(32)+"\n"), 0o400)
+			ownedFile(t, secrets+"/cloudflare_dns_api_token", []byte("not-a-real-token\n"), 0o400)
+			s := containertest.LoadStack(p, "direct", containertest.Overrides{
+				Env:   map[string]string{"DOMAIN": "mqtt.example.test", "EMAIL": "ops@example.test", "MOAT_SECRETS": secrets},
+				Image: tag,
+				Binds: map[string]string{
+					// Never Let's Encrypt from a test: a closed port.
+					"/mosquitto/config/mosquitto.conf": confCopy(t, "direct/moat.conf", dir, "acme_directory https://127.0.0.1:1/directory"),
+				},
+				Devices:   map[string]string{"/dev/fuse": tt.device},
+				ExtraArgs: map[string][]string{"moat": tt.args},
+			})
+			s.Up("moat")
+			name := s.Container("moat")
+			waitFor(t, 60*time.Second, "moat refusing to start", func() string {
+				logs := p.Logs(name)
+				for _, l := range strings.Split(logs, "\n") {
+					if strings.Contains(l, "cannot start") {
+						for _, w := range tt.says {
+							if !strings.Contains(l, w) {
+								t.Fatalf("start-up error does not say %q: %s", w, l)
+							}
+						}
+						return ""
+					}
+				}
+				return "no start-up error yet: " + lastLines(logs, 3)
+			})
+		})
+	}
 }

@@ -46,6 +46,7 @@ func TestContainers(t *testing.T) {
 		}
 	})
 	t.Run("direct", func(t *testing.T) { testDirect(t, p.For(t), tag) })
+	t.Run("direct FUSE diagnostics", func(t *testing.T) { testDirectFUSEDiagnostics(t, p.For(t), tag) })
 	t.Run("tunnel", func(t *testing.T) { testTunnel(t, p.For(t), tag) })
 	t.Run("homeassistant", func(t *testing.T) { testHomeAssistant(t, p.For(t), tag) })
 }

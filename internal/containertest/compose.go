@@ -33,6 +33,9 @@ type Overrides struct {
 	// volumes (podman --env and --volume syntax), per service.
 	ExtraEnv     map[string]map[string]string
 	ExtraVolumes map[string][]string
+	// ExtraArgs are added to a service's podman run arguments: what a user
+	// would add on the command line (a security option, a device).
+	ExtraArgs map[string][]string
 	// StandIns replace a service's image and command (an image not
 	// available here), keeping everything else the compose file says.
 	StandIns map[string][]string
@@ -284,6 +287,7 @@ func (s *Stack) RunArgs(service string) []string {
 			args = append(args, "--network", spec)
 		}
 	}
+	args = append(args, s.o.ExtraArgs[service]...)
 	if st, ok := s.o.StandIns[service]; ok && len(st) > 0 {
 		return append(args, st...)
 	}

@@ -144,9 +144,16 @@ func (p *Podman) Cleanup(kind, name string) {
 		if kind == "container" {
 			args = append(args, "-v", "-t", "0") // -v: with the image's anonymous volumes
 		}
-		if _, err := p.Try(time.Minute, append(args, name)...); err != nil && p.Exists(kind, name) {
-			p.t.Errorf("cleanup: %v", err)
+		// A container its restart policy is restarting can refuse the
+		// first removal.
+		var err error
+		for range 5 {
+			if _, err = p.Try(time.Minute, append(args, name)...); err == nil || !p.Exists(kind, name) {
+				return
+			}
+			time.Sleep(time.Second)
 		}
+		p.t.Errorf("cleanup: %v", err)
 	})
 }
 
