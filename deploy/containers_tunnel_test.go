@@ -117,6 +117,26 @@ func testTunnel(t *testing.T, p *containertest.Podman, tag string) {
 			t.Errorf("connection through the trusted cloudflared logged as %q, want the visitor %s (CF-Connecting-IP)", ip, visitor)
 		}
 	})
+	t.Run("hostile CF-Connecting-IP through cloudflared", func(t *testing.T) {
+		p := p.For(t)
+		hostile := map[string][]string{"cloudflared": mqttws("hostile", false, topic, payload, []string{
+			`CF-Connecting-IP: 203.0.113.9" ip=evil "x`, "X-Forwarded-For: 198.51.100.23", "Cf-Ray: 8f1c2a3b4c5d6e7f-AMS"})}
+		o := o
+		o.StandIns = hostile
+		s := s.With(o).For(p)
+		s.Start("cloudflared")
+		cf := s.Container("cloudflared")
+		if code := p.Must(2*time.Minute, "wait", cf); code != "0" {
+			t.Fatalf("client exited %s: %s", code, p.Logs(cf))
+		}
+		logs := p.Logs(name)
+		if strings.Contains(logs, "ip=evil") || strings.Contains(logs, "203.0.113.9") {
+			t.Errorf("the unparsable CF-Connecting-IP reached the log: %s", lastLines(logs, 3))
+		}
+		if ip := connectedIP(t, logs, "hostile"); !strings.HasPrefix(ip, "198.51.100.23") {
+			t.Errorf("unparsable CF-Connecting-IP: logged as %q, want X-Forwarded-For's 198.51.100.23", ip)
+		}
+	})
 	t.Run("untrusted peer's headers are ignored", func(t *testing.T) {
 		p := p.For(t)
 		peer := "172.30.57.3"
