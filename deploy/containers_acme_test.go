@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -31,13 +30,7 @@ const (
 
 func startACMEHarness(t *testing.T, p *containertest.Podman, network string) *acmeHarness {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "acmetest")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./internal/certs/acmetest/cmd/acmetest")
-	build.Dir = ".."
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the ACME harness: %v: %s", err, out)
-	}
+	bin := buildTool(t, "./internal/certs/acmetest/cmd/acmetest")
 	out := t.TempDir()
 	if err := os.Chmod(out, 0o755); err != nil { // Moat's uid reads it
 		t.Fatal(err)
