@@ -20,6 +20,8 @@
 # mount. It must NOT run with no-new-privileges, which disables setuid.
 # fusermount3 opens /dev/fuse as the calling user, so the device node must be
 # mode 0666 (the kernel's default; check ls -l /dev/fuse on the host).
+# It also mounts only where uid 1883 may write: with a read-only root, mount
+# an empty tmpfs at /mosquitto/data (deploy/direct/compose.yaml does).
 # Verified: uid 1883 with only CAP_SYS_ADMIN in its bounding set mounts and
 # unmounts gocryptfs this way.
 # Moat mounts for itself only (no -allow_other), so /etc/fuse.conf needs no

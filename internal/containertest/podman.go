@@ -37,6 +37,11 @@ type Podman struct {
 func New(t testing.TB) *Podman {
 	t.Helper()
 	bin := testenv.LookPath(t, "podman", installHint)
+	if os.Geteuid() != 0 {
+		// The stacks need rootful podman (FUSE devices, volumes owned by
+		// the image's uid) and the tests chown files to it.
+		testenv.Missing(t, "root for podman", "run the container tests as root")
+	}
 	p := &Podman{t: t, bin: bin, RunID: randomID(), tempDir: t.TempDir()}
 	if p.runtime = p.runtimeWrapper(); p.runtime != "" {
 		p.global = append(p.global, "--runtime", p.runtime)
