@@ -140,6 +140,9 @@ func diagnose(f fuseFacts, afterFailure bool) *FUSEError {
 	case f.devErr != nil:
 		return &FUSEError{Cause: "opening /dev/fuse: " + f.devErr.Error(),
 			Fix: "pass the device to the container (compose: devices: [/dev/fuse])"}
+	case f.devStat != nil && !isFUSEDevice(f.devStat):
+		return &FUSEError{Cause: fmt.Sprintf("/dev/fuse is not the FUSE device 10:229 (it is %s)", describeNode(f.devStat)),
+			Fix: "pass the host's /dev/fuse (compose: devices: [/dev/fuse])"}
 	case f.statusOK && f.capBnd&capSysAdmin == 0:
 		return &FUSEError{Cause: "CAP_SYS_ADMIN is not in the container's bounding set, so nothing in it can mount",
 			Fix: "add it (compose: cap_add: [SYS_ADMIN]; docker run --cap-add SYS_ADMIN); Moat itself still runs without capabilities"}
@@ -188,4 +191,15 @@ func fusermountPath() string {
 		}
 	}
 	return ""
+}
+
+func isFUSEDevice(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && unix.Major(uint64(st.Rdev)) == 10 && unix.Minor(uint64(st.Rdev)) == 229
+}
+
+func describeNode(st *unix.Stat_t) string {
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return "not a character device"
+	}
+	return fmt.Sprintf("device %d:%d", unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev)))
 }

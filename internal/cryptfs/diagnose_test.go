@@ -17,7 +17,7 @@ func TestDiagnoseFUSE(t *testing.T) {
 	ok := func() fuseFacts {
 		return fuseFacts{
 			uid: 1883, gid: 1883,
-			devStat:  &unix.Stat_t{Mode: unix.S_IFCHR | 0o666},
+			devStat:  &unix.Stat_t{Mode: unix.S_IFCHR | 0o666, Rdev: unix.Mkdev(10, 229)},
 			statusOK: true, capBnd: capSysAdmin,
 			fusermount: "/usr/bin/fusermount3", fusermountSetuid: true,
 			mountPoint: "/mosquitto/data", mountPointMode: 0o755,
@@ -37,8 +37,14 @@ func TestDiagnoseFUSE(t *testing.T) {
 		}, says: []string{"there is no /dev/fuse", "devices: [/dev/fuse]"}},
 		{name: "device 0600 for another uid", edit: func(f *fuseFacts) {
 			f.devErr = &fs.PathError{Op: "open", Path: "/dev/fuse", Err: unix.EACCES}
-			f.devStat = &unix.Stat_t{Mode: unix.S_IFCHR | 0o600}
+			f.devStat = &unix.Stat_t{Mode: unix.S_IFCHR | 0o600, Rdev: unix.Mkdev(10, 229)}
 		}, says: []string{"/dev/fuse is mode 0600 owned by 0:0 and Moat runs as uid 1883", "mode 0666"}},
+		{name: "another device as /dev/fuse", edit: func(f *fuseFacts) {
+			f.devStat = &unix.Stat_t{Mode: unix.S_IFCHR | 0o666, Rdev: unix.Mkdev(1, 3)}
+		}, says: []string{"/dev/fuse is not the FUSE device 10:229 (it is device 1:3)", "devices: [/dev/fuse]"}},
+		{name: "a file as /dev/fuse", edit: func(f *fuseFacts) {
+			f.devStat = &unix.Stat_t{Mode: unix.S_IFREG | 0o666}
+		}, says: []string{"not a character device"}},
 		{name: "device cgroup", edit: func(f *fuseFacts) {
 			f.devErr = &fs.PathError{Op: "open", Path: "/dev/fuse", Err: unix.EPERM}
 		}, says: []string{"device cgroup", "pass it as a device"}},
