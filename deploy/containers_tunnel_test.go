@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,6 +136,34 @@ func testTunnel(t *testing.T, p *containertest.Podman, tag string) {
 		}
 		if ip := connectedIP(t, logs, "hostile"); !strings.HasPrefix(ip, "198.51.100.23") {
 			t.Errorf("unparsable CF-Connecting-IP: logged as %q, want X-Forwarded-For's 198.51.100.23", ip)
+		}
+	})
+	t.Run("per-IP limit counts visitors, not cloudflared", func(t *testing.T) {
+		p := p.For(t)
+		// 200 connections at once from one visitor, all through the one
+		// cloudflared; meanwhile another visitor connects.
+		cmd := append(mqttws("flood", false, topic, payload, cloudflaredHeaders("203.0.113.50")), "-hold", "200", "-probe", "203.0.113.51")
+		o := o
+		o.StandIns = map[string][]string{"cloudflared": cmd}
+		s := s.With(o).For(p)
+		s.Start("cloudflared")
+		cf := s.Container("cloudflared")
+		if code := p.Must(3*time.Minute, "wait", cf); code != "0" {
+			t.Fatalf("client exited %s: %s", code, p.Logs(cf))
+		}
+		out := p.Logs(cf)
+		var accepted, n int
+		for _, l := range strings.Split(out, "\n") {
+			if _, err := fmt.Sscanf(l, "accepted %d of %d", &accepted, &n); err == nil {
+				break
+			}
+		}
+		t.Logf("one visitor, 200 connections at once: %d accepted (max_connections_per_ip 32)", accepted)
+		if n != 200 || accepted < 1 || accepted > 32 {
+			t.Errorf("accepted %d of %d, want 1..32: %s", accepted, n, out)
+		}
+		if !strings.Contains(out, "probe accepted") {
+			t.Errorf("another visitor was refused while the first one flooded: %s", out)
 		}
 	})
 	t.Run("untrusted peer's headers are ignored", func(t *testing.T) {
