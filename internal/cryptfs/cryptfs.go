@@ -177,13 +177,10 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 		strings.HasPrefix(m.mountPoint, m.cipherDir+"/") {
 		return fail(fmt.Errorf("%w: %s and encrypted directory %s must not contain each other", ErrMountPoint, m.mountPoint, m.cipherDir))
 	}
-	if p, err := exec.LookPath("fusermount3"); err == nil {
-		m.fusermount = p
-	} else if p, err := exec.LookPath("fusermount"); err == nil {
-		m.fusermount = p
-	}
-	if err := checkFUSEDevice(); err != nil {
-		return fail(err)
+	m.fusermount = fusermountPath()
+	// Name what keeps FUSE from working before anything is created.
+	if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), false); d != nil {
+		return fail(d)
 	}
 
 	fresh, err := isEmptyDir(m.cipherDir)
@@ -304,14 +301,6 @@ func resolveMountPoint(dir string) (string, error) {
 	return mnt, nil
 }
 
-func checkFUSEDevice() error {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("%w (opening /dev/fuse: %v)", ErrNoFUSE, err)
-	}
-	return f.Close()
-}
-
 func isEmptyDir(dir string) (bool, error) {
 	f, err := os.Open(dir)
 	if err != nil {
@@ -391,6 +380,13 @@ func (m *Mount) mount(ctx context.Context, fresh bool) error {
 	root, err := m.awaitReady(ctx, c, sig, fresh)
 	if err != nil {
 		m.stop(c)
+		if errors.Is(err, ErrNoFUSE) {
+			// gocryptfs only says the mount failed; say why.
+			if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), true); d != nil {
+				d.Err = err
+				return d
+			}
+		}
 		return err
 	}
 	m.mu.Lock()
@@ -887,8 +883,15 @@ func (m *Mount) cleanStale() error {
 			}
 			return nil
 		}
+		if top.FSType == "tmpfs" && statErr == nil {
+			// A tmpfs holds nothing across restarts, so mounting over it
+			// hides nothing; it is how a read-only root gets a mount
+			// point fusermount3 accepts. mount checks it is empty.
+			return nil
+		}
 		if top.FSType != fstypeGocryptfs {
-			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself",
+			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself: "+
+				"remove that mount (a volume or bind mount there, or the image's VOLUME); with a read-only root, mount an empty tmpfs there instead",
 				ErrMountPoint, m.mountPoint, top.FSType, top.Source)
 		}
 		if statErr == nil {
