@@ -66,7 +66,7 @@ const (
 func Find(configured string) (string, error) {
 	if configured != "" {
 		if err := isExecutable(configured); err != nil {
-			return "", fmt.Errorf("%w: configured path %s: %v", ErrNoBinary, configured, err)
+			return "", fmt.Errorf("%w: configured path %s: %w", ErrNoBinary, configured, err)
 		}
 		return filepath.Abs(configured)
 	}
@@ -185,7 +185,7 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 
 	fresh, err := isEmptyDir(m.cipherDir)
 	if err != nil {
-		return fail(fmt.Errorf("%w: %v", ErrCipherDir, err))
+		return fail(fmt.Errorf("%w: %w", ErrCipherDir, err))
 	}
 	if fresh && m.readOnly {
 		return fail(fmt.Errorf("%w: %s is empty, not a gocryptfs directory", ErrCipherDir, m.cipherDir))
@@ -197,7 +197,7 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 	} else if err := readConf(filepath.Join(m.cipherDir, "gocryptfs.conf")); errors.Is(err, fs.ErrNotExist) {
 		return fail(fmt.Errorf("%w (%s is not empty but has no gocryptfs.conf)", ErrConfig, m.cipherDir))
 	} else if err != nil {
-		return fail(fmt.Errorf("%w (%s/gocryptfs.conf: %v)", ErrConfig, m.cipherDir, err))
+		return fail(fmt.Errorf("%w (%s/gocryptfs.conf: %w)", ErrConfig, m.cipherDir, err))
 	}
 	if err := m.mount(ctx, fresh); err != nil {
 		return fail(err)
@@ -250,18 +250,18 @@ func readKey(path string, log *slog.Logger) ([]byte, error) {
 func prepareCipherDir(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	st, err := os.Stat(real)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	if !st.IsDir() {
 		return "", fmt.Errorf("%w: %s is not a directory", ErrCipherDir, real)
@@ -275,22 +275,22 @@ func prepareCipherDir(dir string) (string, error) {
 func resolveMountPoint(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	parent := filepath.Dir(abs)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	realParent, err := filepath.EvalSymlinks(parent)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	mnt := filepath.Join(realParent, filepath.Base(abs))
 	st, err := lstatTimeout(mnt, hungTimeout)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		if err := os.Mkdir(mnt, 0o700); err != nil {
-			return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+			return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 		}
 	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		return "", fmt.Errorf("%w: %s is a symlink", ErrMountPoint, mnt)
@@ -360,7 +360,7 @@ func (m *Mount) mount(ctx context.Context, fresh bool) error {
 	}
 	empty, err := isEmptyDir(m.mountPoint)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	if !empty {
 		return fmt.Errorf("%w: %s is not empty; refusing to hide or mix plaintext files under the encrypted mount", ErrMountPoint, m.mountPoint)
@@ -494,7 +494,7 @@ func (m *Mount) awaitReady(ctx context.Context, c *child, sig <-chan os.Signal, 
 func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 	root, err := os.OpenRoot(m.mountPoint)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return nil, fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	if err := checkFUSE(root); err != nil {
 		root.Close()
@@ -517,7 +517,7 @@ func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 	}
 	if err != nil {
 		root.Close()
-		return nil, fmt.Errorf("%w: volume id %s: %v", ErrNotMounted, sentinelName, err)
+		return nil, fmt.Errorf("%w: volume id %s: %w", ErrNotMounted, sentinelName, err)
 	}
 	if want != "" && id != want {
 		root.Close()
@@ -533,7 +533,7 @@ func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 func (m *Mount) checkEntry() error {
 	entries, err := readMountinfo()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	e, ok := topMount(entries, m.mountPoint)
 	if !ok {
@@ -549,12 +549,12 @@ func (m *Mount) checkEntry() error {
 func checkFUSE(root *os.Root) error {
 	d, err := root.Open(".")
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	defer d.Close()
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(d.Fd()), &st); err != nil {
-		return fmt.Errorf("%w: statfs: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: statfs: %w", ErrNotMounted, err)
 	}
 	if uint32(st.Type) != unix.FUSE_SUPER_MAGIC {
 		return fmt.Errorf("%w: filesystem magic %#x is not FUSE", ErrNotMounted, st.Type)
@@ -681,7 +681,7 @@ func (m *Mount) Check() error {
 	}
 	id, err := readSentinel(root)
 	if err != nil {
-		return fmt.Errorf("%w: volume id: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: volume id: %w", ErrNotMounted, err)
 	}
 	if id != want {
 		return fmt.Errorf("%w: volume id %s, want %s", ErrNotMounted, id, want)
@@ -848,7 +848,7 @@ func (m *Mount) unmount(lazy bool) error {
 		if strings.Contains(msg, "busy") {
 			return fmt.Errorf("%w: %s", errBusy, msg)
 		}
-		return fmt.Errorf("%s %s: %v: %s", filepath.Base(m.fusermount), strings.Join(args, " "), err, msg)
+		return fmt.Errorf("%s %s: %w: %s", filepath.Base(m.fusermount), strings.Join(args, " "), err, msg)
 	}
 	return nil
 }
@@ -863,7 +863,7 @@ func (m *Mount) cleanStale() error {
 	for attempt := 0; ; attempt++ {
 		entries, err := readMountinfo()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrMountPoint, err)
+			return fmt.Errorf("%w: %w", ErrMountPoint, err)
 		}
 		top, mounted := topMount(entries, m.mountPoint)
 		statErr := statTimeout(m.mountPoint, hungTimeout)
@@ -873,13 +873,13 @@ func (m *Mount) cleanStale() error {
 			// it, which turns it into a dead mount.
 			m.log.Warn("FUSE connection hangs; aborting it", "mountpoint", m.mountPoint)
 			if err := abortFUSE(top.Minor); err != nil {
-				return fmt.Errorf("%w: %s hangs and its FUSE connection could not be aborted: %v", ErrMountPoint, m.mountPoint, err)
+				return fmt.Errorf("%w: %s hangs and its FUSE connection could not be aborted: %w", ErrMountPoint, m.mountPoint, err)
 			}
 			continue
 		}
 		if !mounted {
 			if statErr != nil && !errors.Is(statErr, unix.ENOENT) {
-				return fmt.Errorf("%w: %s: %v", ErrMountPoint, m.mountPoint, statErr)
+				return fmt.Errorf("%w: %s: %w", ErrMountPoint, m.mountPoint, statErr)
 			}
 			return nil
 		}
@@ -907,7 +907,7 @@ func (m *Mount) cleanStale() error {
 				ErrMountPoint, m.mountPoint, ErrServed, top.Source)
 		}
 		if attempt >= 4 {
-			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%v)", ErrMountPoint, m.mountPoint, statErr)
+			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%w)", ErrMountPoint, m.mountPoint, statErr)
 		}
 		m.log.Warn("removing dead gocryptfs mount", "mountpoint", m.mountPoint, "stat", statErr.Error())
 		if err := m.unmount(false); err != nil {
