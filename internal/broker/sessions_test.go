@@ -419,7 +419,7 @@ func TestClientIDSquatting(t *testing.T) {
 			})
 		}
 	}
-	if l := tb.logs.lines("session discarded"); len(l) != 2*len(hostile) {
+	if l := tb.logs.Lines("session discarded"); len(l) != 2*len(hostile) {
 		t.Errorf("%d discard log lines, want %d", len(l), 2*len(hostile))
 	}
 }

@@ -44,9 +44,11 @@ var allowed = map[string][]string{
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
 		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
 	// Test support and benchmarks.
-	"internal/mqtttest":       nil,
-	"internal/testenv":        nil,
-	"internal/certs/acmetest": nil,
+	"internal/mqtttest":            nil,
+	"internal/moattest":            nil,
+	"internal/moattest/brokertest": {"internal/broker", "internal/config", "internal/logging", "internal/moattest"},
+	"internal/testenv":             nil,
+	"internal/certs/acmetest":      nil,
 	// Programs the container tests run inside containers.
 	"internal/certs/acmetest/cmd/acmetest": {"internal/certs/acmetest"},
 	"internal/containertest":               {"internal/testenv"},
@@ -58,7 +60,7 @@ var allowed = map[string][]string{
 }
 
 // testSupport may be imported by _test.go files and benchmarks only.
-var testSupport = []string{"internal/mqtttest", "internal/testenv", "internal/certs/acmetest", "internal/containertest"}
+var testSupport = []string{"internal/mqtttest", "internal/moattest", "internal/moattest/brokertest", "internal/testenv", "internal/certs/acmetest", "internal/containertest"}
 
 // isSupport reports whether pkg is test support or a program inside it.
 func isSupport(pkg string) bool {
