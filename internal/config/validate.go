@@ -36,6 +36,7 @@ func (p *parser) finish() (*Config, error) {
 		p.checkListener(l)
 	}
 	p.checkPersistence()
+	p.checkQuotas()
 	p.checkACME()
 	p.warnings()
 	if len(p.errs) > 0 {
@@ -141,6 +142,31 @@ func (p *parser) checkPersistence() {
 		if ps.CipherDir != "" && ps.CipherDir == ps.Location {
 			p.errorf(ps.Pos, "persistence_cipher_dir and persistence_location must differ")
 		}
+	}
+}
+
+// defaultQuotas are safe for an internet-facing broker and far above what
+// home automation clients use.
+func defaultQuotas() Quotas {
+	return Quotas{
+		MaxTopicLength:          4096,
+		MaxTopicLevels:          200, // mosquitto's fixed topic hierarchy limit
+		MaxClientIDLength:       256,
+		MaxConnectSize:          64 << 10,
+		MaxSubscriptions:        1000,
+		MaxSessionsPerUser:      256,
+		MaxRetainedPerUser:      10000,
+		MaxRetainedBytesPerUser: 64 << 20,
+	}
+}
+
+// checkQuotas keeps every store key (client id, length prefix, filter)
+// within the store's key limit, so no client can make a write fail.
+func (p *parser) checkQuotas() {
+	q := p.cfg.Quotas
+	if q.MaxClientIDLength+3+q.MaxTopicLength > storeMaxKey {
+		p.errs = append(p.errs, fmt.Errorf("max_client_id_length (%d) plus max_topic_length (%d) must stay below %d bytes, the store's key limit: %w",
+			q.MaxClientIDLength, q.MaxTopicLength, storeMaxKey-3, ErrInvalid))
 	}
 }
 

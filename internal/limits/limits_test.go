@@ -1,0 +1,148 @@
+package limits
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func testSettings() Settings {
+	return Settings{MaxTopicLength: 64, MaxTopicLevels: 4, MaxClientIDLength: 23}
+}
+
+func TestCheckTopic(t *testing.T) {
+	s := testSettings()
+	tests := []struct {
+		topic string
+		want  string
+	}{
+		{"a", ""},
+		{"a/b/c/d", ""},
+		{"a/b/c/d/e", LimitTopicLevels},
+		{"////", LimitTopicLevels},
+		{"///", ""},
+		{strings.Repeat("x", 64), ""},
+		{strings.Repeat("x", 65), LimitTopicLength},
+		{strings.Repeat("/", 30000), LimitTopicLength},
+		{"", ""},
+		{"a/\"ip=1.2.3.4\"/\x00", ""},
+	}
+	for _, tt := range tests {
+		if got := s.CheckTopic(tt.topic); got != tt.want {
+			t.Errorf("CheckTopic(%q) = %q, want %q", quote(tt.topic), got, tt.want)
+		}
+	}
+	if got := (Settings{}).CheckTopic(strings.Repeat("a/", 40000)); got != "" {
+		t.Errorf("zero settings refuse: %q", got)
+	}
+}
+
+func TestCheckClientID(t *testing.T) {
+	s := testSettings()
+	for _, tt := range []struct {
+		id   string
+		want string
+	}{
+		{"", ""},
+		{strings.Repeat("c", 23), ""},
+		{strings.Repeat("c", 24), LimitClientIDLength},
+		{strings.Repeat("c", 40000), LimitClientIDLength},
+	} {
+		if got := s.CheckClientID(tt.id); got != tt.want {
+			t.Errorf("CheckClientID(len %d) = %q, want %q", len(tt.id), got, tt.want)
+		}
+	}
+}
+
+func TestStoreKeyFits(t *testing.T) {
+	for _, tt := range []struct {
+		topic, id int
+		want      bool
+	}{
+		{4096, 256, true},
+		{32765 - 23, 23, true},
+		{32766 - 23, 23, false},
+		{0, 256, false},
+		{4096, 0, false},
+	} {
+		s := Settings{MaxTopicLength: tt.topic, MaxClientIDLength: tt.id}
+		if got := s.StoreKeyFits(); got != tt.want {
+			t.Errorf("topic %d id %d: %v, want %v", tt.topic, tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestV3Connack(t *testing.T) {
+	for _, tt := range []struct {
+		v5   byte
+		noID bool
+		want byte
+		ok   bool
+	}{
+		{0x80, true, 2, true},
+		{0x80, false, 3, true},
+		{0x84, false, 1, true},
+		{0x85, false, 2, true},
+		{0x86, false, 4, true},
+		{0x87, false, 5, true},
+		{0x88, false, 3, true},
+		{0x89, false, 3, true},
+		{0x97, false, 3, true},
+		{0x9F, false, 3, true},
+		{0x82, false, 0, false},
+		{0x81, false, 0, false},
+		{0x95, false, 0, false},
+		{0x9A, false, 0, false},
+		{0x9B, false, 0, false},
+		{0x8C, false, 0, false},
+	} {
+		got, ok := V3Connack(tt.v5, tt.noID)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("V3Connack(0x%02x, %v) = %d %v, want %d %v", tt.v5, tt.noID, got, ok, tt.want, tt.ok)
+		}
+		if ok && got > 5 {
+			t.Errorf("0x%02x maps outside 3.1.1's codes: %d", tt.v5, got)
+		}
+	}
+	// Every code mochi defines maps inside 0-5 or closes.
+	for c := 0x80; c <= 0xff; c++ {
+		if got, ok := V3Connack(byte(c), false); ok && got > 5 {
+			t.Errorf("0x%02x -> %d", c, got)
+		}
+	}
+}
+
+func TestQuote(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"plain", `"plain"`},
+		{`x ip=203.0.113.50 "`, `"x ip=203.0.113.50 \""`},
+		{"a\nb\x00", `"a\nb\x00"`},
+		{strings.Repeat("é", 40), `"` + strings.Repeat("é", 32) + `"...80B`},
+	} {
+		if got := quote(tt.in); got != tt.want {
+			t.Errorf("quote(%q) = %s, want %s", tt.in, got, tt.want)
+		}
+	}
+	if got := quote(strings.Repeat("x", 65536)); len(got) > 100 {
+		t.Errorf("quote of 64 KiB is %d bytes", len(got))
+	}
+}
+
+func TestRateLog(t *testing.T) {
+	r := &rateLog{every: 10 * time.Second, last: map[string]time.Time{}, suppressed: map[string]int{}}
+	t0 := time.Unix(1000, 0)
+	if n, ok := r.allow("a", t0); !ok || n != 0 {
+		t.Fatalf("first: %d %v", n, ok)
+	}
+	for i := 0; i < 200; i++ {
+		if _, ok := r.allow("a", t0.Add(time.Second)); ok {
+			t.Fatal("a line within the interval was allowed")
+		}
+	}
+	if _, ok := r.allow("b", t0.Add(time.Second)); !ok {
+		t.Fatal("another limit was suppressed")
+	}
+	if n, ok := r.allow("a", t0.Add(11*time.Second)); !ok || n != 200 {
+		t.Fatalf("after the interval: %d %v, want 200 true", n, ok)
+	}
+}
