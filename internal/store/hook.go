@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -77,6 +78,13 @@ func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	err := h.s.saveRetained(pk.TopicName, &pk, wait)
 	if err == nil || cl.Net.Inline {
 		return
+	}
+	if errors.Is(err, ErrRecordTooLarge) {
+		// Not saved, so not kept: memory and disk must agree.
+		if srv := h.s.srv.Load(); srv != nil {
+			srv.Topics.Retained.Delete(pk.TopicName)
+		}
+		h.s.log.Warn("retained message refused: too large for the store", "client", describeKey([]byte(cl.ID)), "err", err)
 	}
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed() {
 		ack := packets.Packet{

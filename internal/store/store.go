@@ -42,6 +42,25 @@ const DefaultQoS0Flush = 100 * time.Millisecond
 // ErrClosed is returned for writes after Close.
 var ErrClosed = errors.New("store closed")
 
+// ErrRecordTooLarge is the error of one record the store cannot hold (a
+// key over bbolt's 32 KiB, a value over its 2 GiB). It is that record's
+// failure only: the store stays healthy and keeps every other write.
+var ErrRecordTooLarge = errors.New("record too large for the store")
+
+// checkRecord reports why bbolt would refuse key/val, which would
+// otherwise fail the whole commit and every write batched with it.
+func checkRecord(key, val []byte) error {
+	switch {
+	case len(key) == 0:
+		return fmt.Errorf("empty key: %w", ErrRecordTooLarge)
+	case len(key) > bolt.MaxKeySize:
+		return fmt.Errorf("key of %d bytes (limit %d): %w", len(key), bolt.MaxKeySize, ErrRecordTooLarge)
+	case len(val) > bolt.MaxValueSize:
+		return fmt.Errorf("value of %d bytes (limit %d): %w", len(val), bolt.MaxValueSize, ErrRecordTooLarge)
+	}
+	return nil
+}
+
 var (
 	bucketMeta     = []byte("meta")
 	bucketRetained = []byte("retained")
@@ -365,11 +384,13 @@ func (s *Store) commit(ops []op) error {
 			case opRetained:
 				if o.pk == nil {
 					err = ret.Delete(o.key)
-				} else {
-					err = ret.Put(o.key, appendMessage(nil, o.pk))
+				} else if v := appendMessage(nil, o.pk); s.recordFits(o.key, v) {
+					err = ret.Put(o.key, v)
 				}
 			case opPut:
-				err = tx.Bucket(o.bucket).Put(o.key, o.val)
+				if s.recordFits(o.key, o.val) {
+					err = tx.Bucket(o.bucket).Put(o.key, o.val)
+				}
 			case opDel:
 				err = tx.Bucket(o.bucket).Delete(o.key)
 			case opDelClient:
@@ -393,6 +414,16 @@ func (s *Store) commit(ops []op) error {
 	return err
 }
 
+// recordFits drops, with an error log, a record bbolt would refuse: one
+// oversized record must not fail the commit for every other client.
+func (s *Store) recordFits(key, val []byte) bool {
+	if err := checkRecord(key, val); err != nil {
+		s.log.Error("store record dropped", "key", describeKey(key), "err", err)
+		return false
+	}
+	return true
+}
+
 func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 	var keys [][]byte
 	c := b.Cursor()
@@ -411,6 +442,9 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 // publish that triggered the call), so memory and disk see the same order.
 // With wait it returns once that value is on disk.
 func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) error {
+	if err := checkRecord([]byte(topic), nil); err != nil {
+		return fmt.Errorf("retained message: %w", err)
+	}
 	s.mu.Lock()
 	var val *packets.Packet
 	if srv := s.srv.Load(); srv != nil {
