@@ -136,7 +136,7 @@ func (h *Hook) hit(limit string, cl *mqtt.Client, attrs ...any) {
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)
 	}
-	h.log.Warn("refused by a resource limit", args...)
+	h.log.Warn("resource limit reached", args...)
 }
 
 // refusal codes for a CONNECT: v3 0 means "close without CONNACK", as
