@@ -116,19 +116,24 @@ func New(o Options) (*Broker, error) {
 	})
 	// The limits hook goes first: its refusals are cheap and come before
 	// any password verification. It never allows anything.
-	if err := b.srv.AddHook(limits.New(limits.Options{
+	lim := limits.New(limits.Options{
 		Server:             b.srv,
 		Settings:           limitSettings(cfg),
 		UsernameIsClientID: cfg.UseUsernameAsClientID,
 		Events:             b.met,
 		Logger:             log.With("component", "limits"),
-	}), nil); err != nil {
+	})
+	if err := b.srv.AddHook(lim, nil); err != nil {
 		return nil, fmt.Errorf("limits hook: %w", err)
 	}
 	// The auth hook alone decides authentication and ACLs; no permissive
 	// hook is ever added (mochi ORs them).
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("auth hook: %w", err)
+	}
+	// Sessions per user are counted once the credentials are verified.
+	if err := b.srv.AddHook(lim.Sessions(), nil); err != nil {
+		return nil, fmt.Errorf("limits session hook: %w", err)
 	}
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)

@@ -45,8 +45,9 @@ type Hook struct {
 	now      func() time.Time
 
 	mu sync.Mutex
-	// pending are CONNECTs admitted by the session count but not yet in
-	// mochi's client list, so that simultaneous CONNECTs are counted.
+	// pending are authenticated CONNECTs admitted by the session count
+	// but not yet in mochi's client list, so that simultaneous CONNECTs
+	// are counted.
 	pending map[*mqtt.Client]pendingConnect
 	// retained: the owner of each retained topic and each owner's usage.
 	owners map[string]retainedOwner
@@ -114,7 +115,7 @@ func (h *Hook) ID() string { return "moat-limits" }
 // Provides implements mqtt.Hook.
 func (h *Hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnStarted, mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+	case mqtt.OnStarted, mqtt.OnConnect, mqtt.OnDisconnect,
 		mqtt.OnSubscribe, mqtt.OnPublish, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
 		mqtt.OnPacketEncode:
 		return true
@@ -204,9 +205,59 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
+// Sessions is the part of the hook that tracks CONNECTs between their
+// authentication and their listing by mochi, so that simultaneous CONNECTs
+// of one user are counted against max_sessions_per_user. Add it after the
+// auth hook: only CONNECTs whose credentials were verified take a slot, so
+// nobody can fill another user's quota with CONNECTs that fail
+// authentication. It never refuses (a refusal after the auth hook
+// approved would leave the approval behind).
+func (h *Hook) Sessions() mqtt.Hook { return &sessionHook{h: h} }
+
+type sessionHook struct {
+	mqtt.HookBase
+	h *Hook
+}
+
+var _ mqtt.Hook = (*sessionHook)(nil)
+
+// ID implements mqtt.Hook.
+func (s *sessionHook) ID() string { return "moat-limits-sessions" }
+
+// Provides implements mqtt.Hook.
+func (s *sessionHook) Provides(b byte) bool {
+	return b == mqtt.OnConnect || b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
+}
+
+// OnConnect records an authenticated CONNECT on its way to a session.
+func (s *sessionHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if s.h.set.MaxSessionsPerUser > 0 {
+		s.h.mu.Lock()
+		s.h.pending[cl] = pendingConnect{user: string(cl.Properties.Username), at: s.h.now()}
+		s.h.mu.Unlock()
+	}
+	return nil
+}
+
+// OnSessionEstablished ends the client's pending entry: mochi lists it now.
+func (s *sessionHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	s.h.mu.Lock()
+	delete(s.h.pending, cl)
+	s.h.mu.Unlock()
+}
+
+// OnDisconnect drops the pending entry of a connection that ended.
+func (s *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	s.h.mu.Lock()
+	delete(s.h.pending, cl)
+	s.h.mu.Unlock()
+}
+
 // admitSession counts the sessions of the client's username (live and
-// offline, plus CONNECTs admitted but not yet established). A client id
-// already in use does not add a session: it replaces one.
+// offline, plus authenticated CONNECTs not yet listed). A client id
+// already in use does not add a session: it replaces one. CONNECTs whose
+// authentication is still running are not counted, so a handful of
+// simultaneous CONNECTs of one user can pass the limit by that many.
 func (h *Hook) admitSession(cl *mqtt.Client) bool {
 	max := h.set.MaxSessionsPerUser
 	if max <= 0 {
@@ -228,7 +279,7 @@ func (h *Hook) admitSession(cl *mqtt.Client) bool {
 	defer h.mu.Unlock()
 	for c, p := range h.pending {
 		switch {
-		case now.Sub(p.at) > pendingTTL:
+		case now.Sub(p.at) > pendingTTL || c.Closed():
 			delete(h.pending, c)
 		case p.user == user && c.ID != cl.ID:
 			if _, listed := all[c.ID]; !listed {
@@ -236,24 +287,12 @@ func (h *Hook) admitSession(cl *mqtt.Client) bool {
 			}
 		}
 	}
-	if n >= max {
-		return false
-	}
-	h.pending[cl] = pendingConnect{user: user, at: now}
-	return true
-}
-
-// OnSessionEstablished ends the client's pending entry: mochi lists it now.
-func (h *Hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.mu.Lock()
-	delete(h.pending, cl)
-	h.mu.Unlock()
+	return n < max
 }
 
 // OnDisconnect drops what the hook held for the connection.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.mu.Lock()
-	delete(h.pending, cl)
 	delete(h.subacks, cl)
 	h.mu.Unlock()
 }
