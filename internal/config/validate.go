@@ -233,6 +233,8 @@ func (c *Config) Divergences() []string {
 		"relative paths in the configuration are relative to the file that names them",
 		fmt.Sprintf("max_packet_size defaults to %d bytes (mosquitto: unlimited); keepalive 0 is capped at max_keepalive", c.Limits.MaxPacketSize),
 		"MQTT 3.1.1 publish denied by the ACL: acknowledged and dropped (as mosquitto), never a disconnect",
+		fmt.Sprintf("limits: topics and filters up to %d bytes and %d levels, client ids up to %d bytes, CONNECTs up to %d bytes, %d sessions per user, persistent sessions expire after %s unused (mosquitto: never)",
+			c.Quotas.MaxTopicLength, c.Quotas.MaxTopicLevels, c.Quotas.MaxClientIDLength, c.Quotas.MaxConnectSize, c.Quotas.MaxSessionsPerUser, c.PersistentClientExpiration),
 	}
 	if c.StrictSubscribe {
 		d = append(d, "strict_subscribe true: a subscription filter not covered by a read rule is refused (3.1.1 0x80, MQTT 5 0x87); mosquitto grants it and filters each message")
