@@ -612,3 +612,34 @@ func TestWrongPasswordsTakeNoSessionSlot(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestSubscribeDuplicatePropertyClosed: an MQTT 5 SUBSCRIBE with the
+// Subscription Identifier twice (or 0) is a protocol error: the
+// connection is closed, nothing is subscribed, others are served.
+func TestSubscribeDuplicatePropertyClosed(t *testing.T) {
+	tb := startBroker(t, setup{acl: tableBACL})
+	for _, props := range [][]byte{{0x0B, 5, 0x0B, 6}, {0x0B, 0}} {
+		c := connect(t, tb.addr, as(5, "alice", "dup-sub"))
+		body := []byte{0, 1, byte(len(props))}
+		body = append(body, props...)
+		body = append(body, 0, 7, 'a', 'l', 'i', 'c', 'e', '/', 'x', 1)
+		_ = c.WriteBytes(append([]byte{0x82, byte(len(body))}, body...))
+		if !c.waitClosed() {
+			t.Errorf("properties % x: connection left open", props)
+		}
+		if c.WaitUntil(time.Millisecond, func(s mqtttest.State) bool {
+			for _, pk := range s.Pending {
+				if pk.FixedHeader.Type == packets.Suback {
+					return true
+				}
+			}
+			return false
+		}) {
+			t.Errorf("properties % x: answered with a SUBACK", props)
+		}
+	}
+	if n := atomic.LoadInt64(&tb.b.Server().Info.Subscriptions); n != 0 {
+		t.Errorf("%d subscriptions held", n)
+	}
+	connect(t, tb.addr, as(5, "bob", "fine")).mustSubscribe("bob/#")
+}

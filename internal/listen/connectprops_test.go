@@ -104,3 +104,26 @@ func FuzzConnectPropsValid(f *testing.F) {
 		_ = connectPropsValid(body)
 	})
 }
+
+func TestSubscribePropsChecked(t *testing.T) {
+	body := func(props ...byte) []byte {
+		b := []byte{0, 1, byte(len(props))}
+		b = append(b, props...)
+		return append(b, 0, 1, 'a', 1)
+	}
+	for _, tt := range []struct {
+		name string
+		body []byte
+		want bool
+	}{
+		{"no properties", body(), true},
+		{"subscription identifier", body(0x0B, 5), true},
+		{"user properties", body(0x26, 0, 1, 'k', 0, 0, 0x26, 0, 1, 'k', 0, 0), true},
+		{"subscription identifier twice", body(0x0B, 5, 0x0B, 6), false},
+		{"subscription identifier 0", body(0x0B, 0), false},
+	} {
+		if _, ok := checkProps(tt.body[2:], propsSubscribe); ok != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, ok, tt.want)
+		}
+	}
+}

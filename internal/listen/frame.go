@@ -19,6 +19,9 @@ var (
 	// protocol (a property given twice, Receive Maximum 0...); the client
 	// was sent CONNACK 0x82.
 	ErrConnectProtocol = errors.New("mqtt 5 CONNECT properties violate the protocol")
+	// ErrSubscribeProtocol is an MQTT 5 SUBSCRIBE whose properties break
+	// the protocol (Subscription Identifier twice or 0).
+	ErrSubscribeProtocol = errors.New("mqtt 5 SUBSCRIBE properties violate the protocol")
 )
 
 const (
@@ -302,6 +305,12 @@ func (c *frameConn) finishPacket(after []byte) (done bool, rest []byte) {
 			c.err = ErrMalformedSubscribe
 			return false, nil
 		}
+		if c.v5 && len(body) > 2 {
+			if _, ok := checkProps(body[2:], propsSubscribe); !ok {
+				c.err = ErrSubscribeProtocol
+				return false, nil
+			}
+		}
 	}
 	c.out = c.hold
 	return true, after
@@ -403,7 +412,7 @@ func connectPropsValid(body []byte) bool {
 	}
 	flags := body[off+1]
 	off += 4 // version, flags, keepalive
-	n, ok := checkProps(body[off:], false)
+	n, ok := checkProps(body[off:], propsConnect)
 	if !ok {
 		return false
 	}
@@ -418,13 +427,20 @@ func connectPropsValid(body []byte) bool {
 	if off > len(body) {
 		return true
 	}
-	_, ok = checkProps(body[off:], true)
+	_, ok = checkProps(body[off:], propsWill)
 	return ok
 }
 
-// checkProps checks one property block (length and properties) and
-// returns its size; n < 0 means it could not be parsed.
-func checkProps(b []byte, will bool) (n int, ok bool) {
+// Property blocks checkProps knows.
+const (
+	propsConnect = iota
+	propsWill
+	propsSubscribe
+)
+
+// checkProps checks one property block (length and properties) of the
+// given kind and returns its size; n < 0 means it could not be parsed.
+func checkProps(b []byte, kind int) (n int, ok bool) {
 	plen, size, vok := varint(b)
 	if !vok || size+plen > len(b) {
 		return -1, true
@@ -475,7 +491,12 @@ func checkProps(b []byte, will bool) (n int, ok bool) {
 			return -1, true
 		}
 		v := p[i : i+l]
-		if !will {
+		if kind == propsSubscribe && id == 0x0B {
+			if sid, _, _ := varint(v); sid == 0 {
+				return 0, false // [MQTT-3.8.2.1.2]
+			}
+		}
+		if kind == propsConnect {
 			switch id {
 			case 0x21: // Receive Maximum
 				if binary.BigEndian.Uint16(v) == 0 {
