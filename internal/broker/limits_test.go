@@ -514,6 +514,14 @@ func TestRetainedPerUserBounded(t *testing.T) {
 	if got := a.publish("alice/big", strings.Repeat("b", 2000), 1, true); got.code != 0x97 {
 		t.Errorf("retained over the byte quota: 0x%02x, want 0x97", got.code)
 	}
+	// A retained Will counts too: refused at CONNECT.
+	for v, want := range map[byte]byte{5: 0x97, 4: 3} {
+		o := as(v, "alice", fmt.Sprintf("will-%d", v))
+		o.will = &packets.Packet{TopicName: "alice/will", Payload: []byte("gone"), FixedHeader: packets.FixedHeader{Retain: true}}
+		if _, ack := dial(t, tb.addr, o); ack.ReasonCode != want {
+			t.Errorf("MQTT %s: retained Will over quota: CONNACK 0x%02x, want 0x%02x", versionName(v), ack.ReasonCode, want)
+		}
+	}
 	b := connect(t, tb.addr, as(5, "bob", "b5"))
 	for i := 0; i < 5; i++ {
 		if got := b.publish(fmt.Sprintf("bob/r/%d", i), "v", 1, true); got.code != 0 {

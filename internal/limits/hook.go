@@ -193,6 +193,13 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			h.hit(l, cl, "will_topic_length", len(pk.Connect.WillTopic))
 			return h.refuse(cl, refuseWillTopic)
 		}
+		if pk.Connect.WillRetain && len(pk.Connect.WillPayload) > 0 {
+			size := int64(len(pk.Connect.WillTopic) + len(pk.Connect.WillPayload))
+			if l := h.retainedOver(string(pk.Connect.Username), pk.Connect.WillTopic, size); l != "" {
+				h.hit(l, cl, "will_topic", quote(pk.Connect.WillTopic))
+				return h.refuse(cl, refuseQuota)
+			}
+		}
 	}
 	if !h.admitSession(cl) {
 		h.hit(LimitSessionsPerUser, cl)

@@ -14,9 +14,6 @@ import (
 	"strings"
 )
 
-// MaxStoreKey is the largest key the store accepts (bbolt's MaxKeySize).
-const MaxStoreKey = 32768
-
 // Settings are the limits in force. A zero field disables that limit.
 type Settings struct {
 	// MaxTopicLength bounds topic names and subscription filters, in bytes.
@@ -85,18 +82,6 @@ func (s Settings) CheckClientID(id string) string {
 		return LimitClientIDLength
 	}
 	return ""
-}
-
-// StoreKeyFits reports whether the longest store key these settings allow
-// (a length-prefixed client id followed by a filter) fits the store. With
-// either length unbounded it does not.
-func (s Settings) StoreKeyFits() bool {
-	if s.MaxTopicLength <= 0 || s.MaxClientIDLength <= 0 {
-		return false
-	}
-	// uvarint length prefix (at most 3 bytes below 2 MiB) and a 2-byte
-	// packet id for in-flight keys.
-	return s.MaxClientIDLength+3+max(s.MaxTopicLength, 2) <= MaxStoreKey
 }
 
 // quote makes a client-supplied string safe for a log line: truncated to a

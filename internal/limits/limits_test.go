@@ -54,24 +54,6 @@ func TestCheckClientID(t *testing.T) {
 	}
 }
 
-func TestStoreKeyFits(t *testing.T) {
-	for _, tt := range []struct {
-		topic, id int
-		want      bool
-	}{
-		{4096, 256, true},
-		{32765 - 23, 23, true},
-		{32766 - 23, 23, false},
-		{0, 256, false},
-		{4096, 0, false},
-	} {
-		s := Settings{MaxTopicLength: tt.topic, MaxClientIDLength: tt.id}
-		if got := s.StoreKeyFits(); got != tt.want {
-			t.Errorf("topic %d id %d: %v, want %v", tt.topic, tt.id, got, tt.want)
-		}
-	}
-}
-
 func TestV3Connack(t *testing.T) {
 	for _, tt := range []struct {
 		v5   byte
