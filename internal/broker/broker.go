@@ -26,6 +26,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/limits"
 	"github.com/moat-mqtt/moat/internal/listen"
 	"github.com/moat-mqtt/moat/internal/metrics"
+	"github.com/moat-mqtt/moat/internal/mochi"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -52,7 +53,7 @@ type Broker struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	run       group     // every background goroutine
 	closeOnce sync.Once // mochi panics on a second Close
 
 	files map[string]*certs.FileSource // by listener id
@@ -101,14 +102,19 @@ func New(o Options) (*Broker, error) {
 		Logger:                 log.With("component", "mqtt"),
 		SysTopicResendInterval: int64(max(cfg.SysInterval/time.Second, 1)),
 	})
+	if err := mochi.Verify(b.srv); err != nil {
+		return nil, err
+	}
 	b.auth = auth.New(auth.Options{
 		Server:   b.srv,
 		Policy:   policy,
 		Verifier: passwd.NewVerifier(2, 8192),
 		Bans: auth.BanOptions{
-			Threshold: cfg.Abuse.BanThreshold,
-			Base:      cfg.Abuse.BanBase,
-			Max:       cfg.Abuse.BanMax,
+			Threshold:  cfg.Abuse.BanThreshold,
+			Base:       cfg.Abuse.BanBase,
+			Max:        cfg.Abuse.BanMax,
+			IPv4Prefix: cfg.Abuse.BanIPv4Prefix,
+			IPv6Prefix: cfg.Abuse.BanIPv6Prefix,
 		},
 		Events:  b.met,
 		Logger:  log.With("component", "auth"),
@@ -135,10 +141,13 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(lim.Sessions(), nil); err != nil {
 		return nil, fmt.Errorf("limits session hook: %w", err)
 	}
+	if err := b.srv.AddHook(b.auth.DeliveryGuard(), nil); err != nil {
+		return nil, fmt.Errorf("delivery guard hook: %w", err)
+	}
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)
 	}
-	if err := stopRetainedSweep(b.srv); err != nil {
+	if err := mochi.StopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	if cfg.Log.ConnectionMessages {
@@ -146,11 +155,14 @@ func New(o Options) (*Broker, error) {
 			return nil, fmt.Errorf("connection log hook: %w", err)
 		}
 	}
-	if err := b.srv.AddHook(&packetIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.PacketIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("packet id hook: %w", err)
 	}
-	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.SubscriptionIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
+	}
+	if err := b.srv.AddHook(&mochi.Wire{}, nil); err != nil {
+		return nil, fmt.Errorf("wire hook: %w", err)
 	}
 	b.expiry = &retainedExpiry{srv: b.srv}
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
@@ -191,6 +203,9 @@ func capabilities(cfg *config.Config) *mqtt.Capabilities {
 		c.MaximumSessionExpiryInterval = uint32(min(d/time.Second, 1<<32-1))
 	}
 	c.MinimumProtocolVersion = 3
+	// An ack echoing the PUBLISH's user properties would reflect whatever
+	// a client sends back at it.
+	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
 
@@ -223,11 +238,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.expiry.loadRestored()
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.expiry.run(b.ctx)
-	}()
+	b.run.goNamed("retained expiry", func() { b.expiry.run(b.ctx) })
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {
 			b.pending = append(b.pending, l)
@@ -335,11 +346,31 @@ func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 		if cl.Net.Conn != conn {
 			continue
 		}
+		// mochi's own end-of-session step did not run. A persistent
+		// session stays, offline, with its subscriptions and its in-flight
+		// and queued messages, as after any abnormal disconnect; only a
+		// clean one is removed.
+		cl.Stop(errSessionPanicked)
+		if persistentSession(cl) {
+			b.log.Error("client session panicked; its persistent session is kept", "client", cl.ID, "remote", remote)
+			continue
+		}
 		b.srv.UnsubscribeClient(cl)
 		cl.ClearInflights()
 		b.srv.Clients.Delete(cl.ID)
 		b.log.Error("client session panicked and was removed", "client", cl.ID, "remote", remote)
 	}
+}
+
+var errSessionPanicked = errors.New("session panicked")
+
+// persistentSession is mochi's rule for a session that outlives its
+// connection.
+func persistentSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }
 
 func (b *Broker) startAdmin() error {
@@ -369,10 +400,17 @@ func (b *Broker) startAdmin() error {
 
 // Reload re-reads the password and ACL files (and certificate files) and
 // puts them in force at once, or changes nothing and returns the error.
-func (b *Broker) Reload() error {
+func (b *Broker) Reload() error { return b.reload(nil) }
+
+// reload is Reload; a non-nil stable is asked after the files were read
+// and before they are put in force (see watchFiles).
+func (b *Broker) reload(stable func() bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	policy, _, err := LoadPolicy(b.cfg)
+	if stable != nil && !stable() {
+		return errChangedDuringLoad
+	}
 	if err != nil {
 		return fmt.Errorf("reload refused, previous configuration kept: %w", err)
 	}
@@ -400,7 +438,10 @@ func (b *Broker) close(ctx context.Context) error {
 	if b.srv != nil {
 		_ = b.srv.Close()
 	}
-	b.wg.Wait()
+	if err := b.run.wait(ctx); err != nil {
+		errs = append(errs, err)
+		b.log.Error("stop did not finish in time", "error", err)
+	}
 	if b.persist != nil {
 		errs = append(errs, b.persist.close())
 	}

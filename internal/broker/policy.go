@@ -58,8 +58,13 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
 	}
-	// Clients of listeners unknown to the policy (none today) get nothing.
+	// Sessions restored from a listener no longer configured belong to
+	// the one scope of all listeners without per_listener_settings, and
+	// to none (they are removed) with it.
 	p.Default = &auth.Scope{}
+	if !cfg.PerListenerSettings && len(scopes) == 1 {
+		p.Default = scopes[0]
+	}
 	return p, sums, nil
 }
 

@@ -146,33 +146,20 @@ func loadCAs(file, dir string) (*x509.CertPool, error) {
 // opens the ACME listeners once their certificate is ready.
 func (b *Broker) startCertLoops() {
 	if b.UsesTLS() {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			b.certMetricsLoop()
-		}()
+		b.run.goNamed("certificate metrics", b.certMetricsLoop)
 	}
 	for _, f := range b.files {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			f.Watch(b.ctx, certReloadEvery)
-		}()
+		b.run.goNamed("certificate file watch", func() { f.Watch(b.ctx, certReloadEvery) })
 	}
 	if b.acme == nil {
 		return
 	}
-	b.wg.Add(2)
-	go func() {
-		defer b.wg.Done()
+	b.run.goNamed("acme", func() {
 		if err := b.acme.Run(b.ctx); err != nil && b.ctx.Err() == nil {
 			b.log.Error("acme stopped", "error", err)
 		}
-	}()
-	go func() {
-		defer b.wg.Done()
-		b.openWhenReady()
-	}()
+	})
+	b.run.goNamed("acme listeners", b.openWhenReady)
 }
 
 func (b *Broker) openWhenReady() {

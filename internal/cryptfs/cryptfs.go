@@ -40,7 +40,10 @@ type Options struct {
 	MountPoint string // plaintext mount point (created 0700 if missing)
 	KeyFile    string // file holding the password (e.g. a Docker secret); first line; never logged
 	ScryptN    int    // log2 of scrypt's N for a new volume; 0 = gocryptfs default (16); tests use 10
-	Logger     *slog.Logger
+	// ReadOnly mounts an existing volume (any gocryptfs directory, not only
+	// Moat's) with gocryptfs -ro: nothing is initialised or written.
+	ReadOnly bool
+	Logger   *slog.Logger
 }
 
 const (
@@ -100,6 +103,7 @@ type Mount struct {
 	log                        *slog.Logger
 	key                        []byte // password; kept for Remount, zeroed by Close
 	fusermount                 string // "" = unmount(2) directly
+	readOnly                   bool
 
 	op sync.Mutex // serialises Remount and Close
 
@@ -158,7 +162,7 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mount{bin: bin, log: log, key: key}
+	m := &Mount{bin: bin, log: log, key: key, readOnly: o.ReadOnly}
 	fail := func(err error) (*Mount, error) {
 		clear(m.key)
 		return nil, err
@@ -173,18 +177,18 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 		strings.HasPrefix(m.mountPoint, m.cipherDir+"/") {
 		return fail(fmt.Errorf("%w: %s and encrypted directory %s must not contain each other", ErrMountPoint, m.mountPoint, m.cipherDir))
 	}
-	if p, err := exec.LookPath("fusermount3"); err == nil {
-		m.fusermount = p
-	} else if p, err := exec.LookPath("fusermount"); err == nil {
-		m.fusermount = p
-	}
-	if err := checkFUSEDevice(); err != nil {
-		return fail(err)
+	m.fusermount = fusermountPath()
+	// Name what keeps FUSE from working before anything is created.
+	if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), false); d != nil {
+		return fail(d)
 	}
 
 	fresh, err := isEmptyDir(m.cipherDir)
 	if err != nil {
 		return fail(fmt.Errorf("%w: %v", ErrCipherDir, err))
+	}
+	if fresh && m.readOnly {
+		return fail(fmt.Errorf("%w: %s is empty, not a gocryptfs directory", ErrCipherDir, m.cipherDir))
 	}
 	if fresh {
 		if err := m.initVolume(ctx, o.ScryptN); err != nil {
@@ -297,14 +301,6 @@ func resolveMountPoint(dir string) (string, error) {
 	return mnt, nil
 }
 
-func checkFUSEDevice() error {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("%w (opening /dev/fuse: %v)", ErrNoFUSE, err)
-	}
-	return f.Close()
-}
-
 func isEmptyDir(dir string) (bool, error) {
 	f, err := os.Open(dir)
 	if err != nil {
@@ -384,6 +380,13 @@ func (m *Mount) mount(ctx context.Context, fresh bool) error {
 	root, err := m.awaitReady(ctx, c, sig, fresh)
 	if err != nil {
 		m.stop(c)
+		if errors.Is(err, ErrNoFUSE) {
+			// gocryptfs only says the mount failed; say why.
+			if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), true); d != nil {
+				d.Err = err
+				return d
+			}
+		}
 		return err
 	}
 	m.mu.Lock()
@@ -416,8 +419,11 @@ func (m *Mount) spawn() (*child, error) {
 		exited: make(chan struct{}),
 		dead:   make(chan struct{}),
 	}
-	c.cmd = exec.Command(m.bin, "-fg", "-notifypid="+strconv.Itoa(os.Getpid()), "-nosyslog", "-q",
-		"--", m.cipherDir, m.mountPoint)
+	args := []string{"-fg", "-notifypid=" + strconv.Itoa(os.Getpid()), "-nosyslog", "-q"}
+	if m.readOnly {
+		args = append(args, "-ro")
+	}
+	c.cmd = exec.Command(m.bin, append(args, "--", m.cipherDir, m.mountPoint)...)
 	c.cmd.Env = childEnv()
 	c.cmd.Stdin = pr
 	c.cmd.Stderr = c.stderr
@@ -493,6 +499,9 @@ func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 	if err := checkFUSE(root); err != nil {
 		root.Close()
 		return nil, err
+	}
+	if m.readOnly {
+		return root, nil // a foreign volume has no sentinel, and none is written
 	}
 	m.mu.Lock()
 	want := m.volID
@@ -874,8 +883,15 @@ func (m *Mount) cleanStale() error {
 			}
 			return nil
 		}
+		if top.FSType == "tmpfs" && statErr == nil {
+			// A tmpfs holds nothing across restarts, so mounting over it
+			// hides nothing; it is how a read-only root gets a mount
+			// point fusermount3 accepts. mount checks it is empty.
+			return nil
+		}
 		if top.FSType != fstypeGocryptfs {
-			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself",
+			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself: "+
+				"remove that mount (a volume or bind mount there, or the image's VOLUME); with a read-only root, mount an empty tmpfs there instead",
 				ErrMountPoint, m.mountPoint, top.FSType, top.Source)
 		}
 		if statErr == nil {
@@ -887,8 +903,8 @@ func (m *Mount) cleanStale() error {
 				time.Sleep(orphanPoll)
 				continue
 			}
-			return fmt.Errorf("%w: %s is already served by another gocryptfs process (of %s); is another Moat running?",
-				ErrMountPoint, m.mountPoint, top.Source)
+			return fmt.Errorf("%w: %s is %w (of %s); is another Moat running?",
+				ErrMountPoint, m.mountPoint, ErrServed, top.Source)
 		}
 		if attempt >= 4 {
 			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%v)", ErrMountPoint, m.mountPoint, statErr)
