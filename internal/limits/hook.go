@@ -9,6 +9,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/logging"
+	"github.com/moat-mqtt/moat/internal/mochi"
 )
 
 // Events receives a count each time a limit refuses something.
@@ -41,7 +44,7 @@ type Hook struct {
 	userIsID bool
 	events   Events
 	log      *slog.Logger
-	logs     *rateLog
+	logs     *logging.Limiter
 	now      func() time.Time
 
 	mu sync.Mutex
@@ -105,7 +108,10 @@ func New(o Options) *Hook {
 	if every <= 0 {
 		every = 10 * time.Second
 	}
-	h.logs = &rateLog{every: every, last: map[string]time.Time{}, suppressed: map[string]int{}}
+	h.logs = logging.NewLimiter(h.log, logging.LimitOptions{
+		Burst: 1, Window: every, MaxKeys: 64, Now: h.now,
+		Message: "repeated resource limit refusals not logged", KeyAttr: "limit",
+	})
 	return h
 }
 
@@ -123,21 +129,17 @@ func (h *Hook) Provides(b byte) bool {
 	return false
 }
 
-// hit counts a refusal and logs it, at most once per LogEvery per limit.
+// hit counts a refusal and logs it, a few lines per LogEvery per limit;
+// the logging pipeline escapes and truncates the client's strings.
 func (h *Hook) hit(limit string, cl *mqtt.Client, attrs ...any) {
 	if h.events != nil {
 		h.events.LimitHit(limit)
 	}
-	suppressed, ok := h.logs.allow(limit, h.now())
-	if !ok {
+	if !h.logs.Allow(limit) {
 		return
 	}
-	args := []any{"limit", limit, "user", quote(string(cl.Properties.Username)), "client", quote(cl.ID), "remote", cl.Net.Remote}
-	args = append(args, attrs...)
-	if suppressed > 0 {
-		args = append(args, "suppressed", suppressed)
-	}
-	h.log.Warn("resource limit reached", args...)
+	args := []any{"remote", cl.Net.Remote, "limit", limit, "user", string(cl.Properties.Username), "client", cl.ID}
+	h.log.Warn("resource limit reached", append(args, attrs...)...)
 }
 
 // refusal codes for a CONNECT: v3 0 means "close without CONNACK", as
@@ -166,44 +168,24 @@ func (h *Hook) refuse(cl *mqtt.Client, r refusal) error {
 	return errRefused
 }
 
-// OnConnect checks the CONNECT before any password is verified.
+// OnConnect checks what costs nothing to check, before any password is
+// verified: the authentication method, the CONNECT's size, the Will topic.
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s := h.set
 	if cl.Properties.ProtocolVersion == 5 && pk.Properties.AuthenticationMethod != "" {
 		// Moat offers no enhanced authentication [MQTT-4.12.0-1].
-		h.hit(LimitAuthMethod, cl, "method", quote(pk.Properties.AuthenticationMethod))
+		h.hit(LimitAuthMethod, cl, "method", pk.Properties.AuthenticationMethod)
 		return h.refuse(cl, refuseAuthMethod)
 	}
 	if s.MaxConnectSize > 0 && pk.FixedHeader.Remaining > s.MaxConnectSize {
 		h.hit(LimitConnectSize, cl, "size", pk.FixedHeader.Remaining)
 		return h.refuse(cl, refuseTooLarge)
 	}
-	if l := s.CheckClientID(pk.Connect.ClientIdentifier); l != "" {
-		h.hit(l, cl, "length", len(pk.Connect.ClientIdentifier))
-		return h.refuse(cl, refuseClientID)
-	}
-	if h.userIsID && pk.Connect.UsernameFlag {
-		if l := s.CheckClientID(string(pk.Connect.Username)); l != "" {
-			h.hit(l, cl, "length", len(pk.Connect.Username))
-			return h.refuse(cl, refuseClientID)
-		}
-	}
 	if pk.Connect.WillFlag {
 		if l := s.CheckTopic(pk.Connect.WillTopic); l != "" {
 			h.hit(l, cl, "will_topic_length", len(pk.Connect.WillTopic))
 			return h.refuse(cl, refuseWillTopic)
 		}
-		if pk.Connect.WillRetain && len(pk.Connect.WillPayload) > 0 {
-			size := int64(len(pk.Connect.WillTopic) + len(pk.Connect.WillPayload))
-			if l := h.retainedOver(string(pk.Connect.Username), pk.Connect.WillTopic, size); l != "" {
-				h.hit(l, cl, "will_topic", quote(pk.Connect.WillTopic))
-				return h.refuse(cl, refuseQuota)
-			}
-		}
-	}
-	if !h.admitSession(cl) {
-		h.hit(LimitSessionsPerUser, cl)
-		return h.refuse(cl, refuseQuota)
 	}
 	// mochi keeps the CONNECT's user properties with the session (and
 	// the store would save them) although nothing reads them after the
@@ -212,13 +194,12 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// Sessions is the part of the hook that tracks CONNECTs between their
-// authentication and their listing by mochi, so that simultaneous CONNECTs
-// of one user are counted against max_sessions_per_user. Add it after the
-// auth hook: only CONNECTs whose credentials were verified take a slot, so
-// nobody can fill another user's quota with CONNECTs that fail
-// authentication. It never refuses (a refusal after the auth hook
-// approved would leave the approval behind).
+// Sessions is the part of the hook that runs after the auth hook, on
+// CONNECTs whose credentials were verified: the client-id length (the id
+// is final then, use_username_as_clientid applied; a refused login is
+// answered, counted and banned as such, whatever its id), a retained
+// Will's quota and max_sessions_per_user. Nobody can fill another user's
+// quotas with CONNECTs that fail authentication.
 func (h *Hook) Sessions() mqtt.Hook { return &sessionHook{h: h} }
 
 type sessionHook struct {
@@ -236,12 +217,24 @@ func (s *sessionHook) Provides(b byte) bool {
 	return b == mqtt.OnConnect || b == mqtt.OnSessionEstablished || b == mqtt.OnDisconnect
 }
 
-// OnConnect records an authenticated CONNECT on its way to a session.
-func (s *sessionHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
-	if s.h.set.MaxSessionsPerUser > 0 {
-		s.h.mu.Lock()
-		s.h.pending[cl] = pendingConnect{user: string(cl.Properties.Username), at: s.h.now()}
-		s.h.mu.Unlock()
+// OnConnect refuses an authenticated CONNECT over a per-client or
+// per-user limit.
+func (s *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	h := s.h
+	if l := h.set.CheckClientID(cl.ID); l != "" {
+		h.hit(l, cl, "length", len(cl.ID))
+		return h.refuse(cl, refuseClientID)
+	}
+	if pk.Connect.WillFlag && pk.Connect.WillRetain && len(pk.Connect.WillPayload) > 0 {
+		size := int64(len(pk.Connect.WillTopic) + len(pk.Connect.WillPayload))
+		if l := h.retainedOver(string(cl.Properties.Username), pk.Connect.WillTopic, size); l != "" {
+			h.hit(l, cl, "will_topic", pk.Connect.WillTopic)
+			return h.refuse(cl, refuseQuota)
+		}
+	}
+	if !h.admitSession(cl) {
+		h.hit(LimitSessionsPerUser, cl)
+		return h.refuse(cl, refuseQuota)
 	}
 	return nil
 }
@@ -260,17 +253,21 @@ func (s *sessionHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	s.h.mu.Unlock()
 }
 
-// admitSession counts the sessions of the client's username (live and
-// offline, plus authenticated CONNECTs not yet listed). A client id
-// already in use does not add a session: it replaces one. CONNECTs whose
-// authentication is still running are not counted, so a handful of
-// simultaneous CONNECTs of one user can pass the limit by that many.
+// admitSession counts the sessions of the client's username, live and
+// offline, plus the authenticated CONNECTs admitted but not yet listed by
+// mochi, and reserves a slot for cl when one is free. A client id already
+// in use does not add a session: it replaces one.
 func (h *Hook) admitSession(cl *mqtt.Client) bool {
 	max := h.set.MaxSessionsPerUser
 	if max <= 0 {
 		return true
 	}
 	user := string(cl.Properties.Username)
+	now := h.now()
+	// Under h.mu, so a CONNECT moving from pending to listed (its entry
+	// is deleted under h.mu after mochi lists it) is counted once.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	all := h.srv.Clients.GetAll()
 	if _, ok := all[cl.ID]; ok {
 		return true
@@ -281,9 +278,6 @@ func (h *Hook) admitSession(cl *mqtt.Client) bool {
 			n++
 		}
 	}
-	now := h.now()
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	for c, p := range h.pending {
 		switch {
 		case now.Sub(p.at) > pendingTTL || c.Closed():
@@ -294,7 +288,11 @@ func (h *Hook) admitSession(cl *mqtt.Client) bool {
 			}
 		}
 	}
-	return n < max
+	if n >= max {
+		return false
+	}
+	h.pending[cl] = pendingConnect{user: user, at: now}
+	return true
 }
 
 // OnDisconnect drops what the hook held for the connection.
@@ -315,11 +313,11 @@ func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	for i, sub := range pk.Filters {
 		code := byte(0)
 		if l := h.set.CheckTopic(sub.Filter); l != "" {
-			h.hit(l, cl, "filter", quote(sub.Filter), "length", len(sub.Filter), "levels", levelCount(sub.Filter))
+			h.hit(l, cl, "filter", sub.Filter, "length", len(sub.Filter), "levels", levelCount(sub.Filter))
 			code = packets.ErrTopicFilterInvalid.Code
 		} else if _, ok := cl.State.Subscriptions.Get(sub.Filter); !ok && h.set.MaxSubscriptions > 0 {
 			if held >= h.set.MaxSubscriptions {
-				h.hit(LimitSubscriptions, cl, "filter", quote(sub.Filter), "held", held)
+				h.hit(LimitSubscriptions, cl, "filter", sub.Filter, "held", held)
 				code = packets.ErrQuotaExceeded.Code
 			} else {
 				held++
@@ -361,12 +359,12 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	if l := h.set.CheckTopic(pk.TopicName); l != "" {
-		h.hit(l, cl, "topic", quote(pk.TopicName), "length", len(pk.TopicName), "levels", levelCount(pk.TopicName))
+		h.hit(l, cl, "topic", pk.TopicName, "length", len(pk.TopicName), "levels", levelCount(pk.TopicName))
 		return pk, h.refusePublish(cl, pk, packets.ErrTopicNameInvalid, errTopicRefused)
 	}
 	if pk.FixedHeader.Retain && len(pk.Payload) > 0 {
 		if l := h.retainedOver(string(cl.Properties.Username), pk.TopicName, int64(len(pk.TopicName)+len(pk.Payload))); l != "" {
-			h.hit(l, cl, "topic", quote(pk.TopicName))
+			h.hit(l, cl, "topic", pk.TopicName)
 			return pk, h.refusePublish(cl, pk, packets.ErrQuotaExceeded, errRetainedQuota)
 		}
 	}
@@ -375,7 +373,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 
 func (h *Hook) refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Code, cause error) error {
 	if cl.Properties.ProtocolVersion < 5 {
-		cl.Stop(fmt.Errorf("publish to %s: %w", quote(pk.TopicName), cause))
+		cl.Stop(fmt.Errorf("publish to %s: %w", logging.Escape(pk.TopicName, logging.ClientStringMax), cause))
 		return packets.ErrRejectPacket
 	}
 	switch pk.FixedHeader.Qos {
@@ -383,11 +381,7 @@ func (h *Hook) refusePublish(cl *mqtt.Client, pk packets.Packet, code packets.Co
 		return code
 	case 2:
 		// mochi would answer with a PUBACK even at QoS 2.
-		_ = cl.WritePacket(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-			PacketID:    pk.PacketID,
-			ReasonCode:  code.Code,
-		})
+		_ = mochi.WriteAck(cl, pk, code.Code)
 	}
 	return packets.ErrRejectPacket
 }
@@ -547,28 +541,4 @@ func V3Connack(v5 byte, noID bool) (code byte, ok bool) {
 		return 5, true
 	}
 	return 0, false
-}
-
-// rateLog lets one log line per key through per interval and counts the
-// rest.
-type rateLog struct {
-	every      time.Duration
-	mu         sync.Mutex
-	last       map[string]time.Time
-	suppressed map[string]int
-}
-
-// allow reports whether a line for key may be logged now, and how many
-// were suppressed since the last one.
-func (r *rateLog) allow(key string, now time.Time) (suppressed int, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if t, seen := r.last[key]; seen && now.Sub(t) < r.every {
-		r.suppressed[key]++
-		return 0, false
-	}
-	r.last[key] = now
-	n := r.suppressed[key]
-	delete(r.suppressed, key)
-	return n, true
 }

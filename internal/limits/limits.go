@@ -9,10 +9,7 @@
 // key limit, so one client cannot make a store write fail for everyone.
 package limits
 
-import (
-	"strconv"
-	"strings"
-)
+import "strings"
 
 // Settings are the limits in force. A zero field disables that limit.
 type Settings struct {
@@ -83,22 +80,6 @@ func (s Settings) CheckClientID(id string) string {
 	}
 	return ""
 }
-
-// quote makes a client-supplied string safe for a log line: truncated to a
-// bounded length, quoted, control characters escaped.
-func quote(s string) string {
-	const max = 64
-	if len(s) > max {
-		cut := max
-		for cut > 0 && !utf8Start(s[cut]) {
-			cut--
-		}
-		return strconv.Quote(s[:cut]) + "..." + strconv.Itoa(len(s)) + "B"
-	}
-	return strconv.Quote(s)
-}
-
-func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
 
 // levelCount is the number of levels of t, for log lines (bounded cost).
 func levelCount(t string) int { return strings.Count(t, "/") + 1 }
