@@ -82,8 +82,8 @@ type retainedUsage struct {
 }
 
 // unattributed owns retained messages restored from the store whose
-// publisher is unknown; it is never a username (usernames are UTF-8
-// without NUL) and is never refused.
+// publisher is unknown, and the broker's own; it is never a username
+// (usernames are UTF-8 without NUL) and is never refused.
 const unattributed = "\x00restored"
 
 // errRefused ends a CONNECT refused by a limit.
@@ -415,9 +415,13 @@ func (h *Hook) retainedOver(user, topic string, size int64) string {
 // OnRetainMessage keeps the per-user retained accounting: r is 1 when
 // stored, -1 when cleared.
 func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	user := string(cl.Properties.Username)
+	if cl.Net.Inline {
+		user = unattributed // the broker's own messages count against nobody
+	}
 	switch r {
 	case 1:
-		h.setOwner(pk.TopicName, string(cl.Properties.Username), int64(len(pk.TopicName)+len(pk.Payload)))
+		h.setOwner(pk.TopicName, user, int64(len(pk.TopicName)+len(pk.Payload)))
 	case -1:
 		h.dropOwner(pk.TopicName)
 	}
