@@ -34,12 +34,15 @@ var allowed = map[string][]string{
 	"internal/store":  {"internal/mochi"},
 	"internal/mochi":  {"internal/acl"},
 	"internal/layers": nil,
+	// The limits hook refuses what is over a resource limit; it writes
+	// the acks mochi gets wrong and rate-limits its lines like auth.
+	"internal/limits": {"internal/logging", "internal/mochi"},
 	// The auth hook decides with the password and ACL files, and rate-limits
 	// its refusal lines with the logging package.
 	"internal/auth": {"internal/acl", "internal/logging", "internal/mochi", "internal/passwd"},
 	// The assembler knows every part.
 	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
-		"internal/cryptfs", "internal/listen", "internal/logging", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
+		"internal/cryptfs", "internal/limits", "internal/listen", "internal/logging", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
 		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
