@@ -249,7 +249,7 @@ func TestStorePoisoningRefused(t *testing.T) {
 		}
 		t.Errorf("/metrics does not count the refusals: %q", lines)
 	}
-	if lines := tb.logs.lines("resource limit reached"); len(lines) == 0 || len(lines) > 20 {
+	if lines := tb.logs.Lines("resource limit reached"); len(lines) == 0 || len(lines) > 20 {
 		t.Errorf("%d refusal log lines for 206 refusals, want a few (rate-limited)", len(lines))
 	} else if logs := tb.logs.String(); strings.Contains(logs, strings.Repeat("x", 1024)) || strings.Contains(logs, strings.Repeat("c", 1024)) {
 		t.Error("a 40 KiB client string reached the log untruncated")
