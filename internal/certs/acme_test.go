@@ -208,8 +208,14 @@ func TestACMEFirstIssuanceThenRestartReuses(t *testing.T) {
 	if h.ca.Orders() != 1 {
 		t.Fatalf("restart placed a new order (orders = %d)", h.ca.Orders())
 	}
-	rs, err := ReadStatus(h.state, false, h.ca.DirURL)
-	if err != nil || rs.Serial != st.Serial || !rs.ARI {
+	// The status file is written after the in-memory status turns.
+	var rs Status
+	var err error
+	waitFor(t, "the ARI answer in the stored status", 20*time.Second, func() bool {
+		rs, err = ReadStatus(h.state, false, h.ca.DirURL)
+		return err == nil && rs.ARI
+	})
+	if rs.Serial != st.Serial {
 		t.Fatalf("ReadStatus = %+v, %v", rs, err)
 	}
 }

@@ -141,20 +141,37 @@ func installConf(t *testing.T, dir, conf string, extra ...string) (string, map[i
 	return WriteFile(t, filepath.Join(dir, "config", "moat.conf"), conf, 0o600), ports
 }
 
-// runOldMosquitto runs the real mosquitto on conf (listening on port),
-// runs the clients (mosquitto_pub/sub; -h and -p are added), and stops it
-// with SIGTERM so that it saves its database, as `docker stop` does.
-func runOldMosquitto(t *testing.T, dir, conf string, port int, clients [][]string) {
+// runOldMosquitto runs the real mosquitto on conf with its listeners moved
+// to free loopback ports, plus extra lines, runs the clients
+// (mosquitto_pub/sub; -h and -p of listener 1883 are added), and stops it
+// with SIGTERM so that it saves its database, as `docker stop` does. A
+// port taken by another process between the pick and mosquitto's bind is
+// picked again.
+func runOldMosquitto(t *testing.T, dir, conf, extra string, clients [][]string) {
 	t.Helper()
 	mosq := testenv.LookPath(t, "mosquitto", "apt-get install mosquitto")
 	testenv.LookPath(t, "mosquitto_pub", "apt-get install mosquitto-clients")
 	if os.Getuid() == 0 {
 		// mosquitto started as root drops to the user mosquitto, which
 		// could not write the test's directories.
-		conf += "user root\n"
+		extra += "user root\n"
 	}
-	path := WriteFile(t, filepath.Join(dir, "old-run", "mosquitto.conf"), conf, 0o600)
-	m := StartProcess(t, "mosquitto", mosq, []string{"-c", path})
+	started := regexp.MustCompile(`mosquitto version \S+ running|Error: Unable to create|Address already in use`)
+	var m *Moat
+	var port int
+	for attempt := 1; ; attempt++ {
+		c, ports := testPorts(t, conf)
+		path := WriteFile(t, filepath.Join(dir, "old-run", "mosquitto.conf"), c+extra, 0o600)
+		m = StartProcess(t, "mosquitto", mosq, []string{"-c", path})
+		if got := m.WaitOutput(started, startTimeout); strings.Contains(got[0], "running") {
+			port = ports[1883]
+			break
+		}
+		m.Kill()
+		if attempt == 3 {
+			t.Fatalf("mosquitto could not bind its ports three times:\n%s", m.Output())
+		}
+	}
 	m.WaitTCP(Loopback(port), startTimeout)
 	for _, c := range clients {
 		args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, c[1:]...)
@@ -283,9 +300,7 @@ func TestMigrateTunnelAnonymous(t *testing.T) {
 
 	// 2. The topics in use: the old mosquitto with persistence on saves
 	// the retained messages its clients publish.
-	oldConf, oldPorts := testPorts(t, readFile(t, old))
-	oldConf += "persistence true\npersistence_location " + dir + "/old-data/\n"
-	runOldMosquitto(t, dir, oldConf, oldPorts[1883], [][]string{
+	runOldMosquitto(t, dir, readFile(t, old), "persistence true\npersistence_location "+dir+"/old-data/\n", [][]string{
 		{"mosquitto_pub", "-r", "-q", "1", "-t", "home/livingroom/temperature", "-m", "21.5"},
 		{"mosquitto_pub", "-r", "-t", "home/door", "-m", "closed"},
 		{"mosquitto_pub", "-r", "-q", "1", "-u", "alice", "-t", "alice/status", "-m", "online"},
@@ -398,8 +413,7 @@ func TestMigrateTunnelGocryptfs(t *testing.T) {
 	t.Cleanup(func() { exec.Command(fusermount, "-u", plain).Run() })
 	CopyFile(t, filepath.Join(dir, "old", "aclfile"), filepath.Join(dir, "config", "aclfile"), 0o600)
 	old := WriteFile(t, filepath.Join(dir, "config", "mosquitto.conf"), mounted(dir).Replace(readFile(t, filepath.Join(dir, "old", "mosquitto.conf"))), 0o600)
-	oldConf, oldPorts := testPorts(t, readFile(t, old))
-	runOldMosquitto(t, dir, oldConf, oldPorts[1883], [][]string{
+	runOldMosquitto(t, dir, readFile(t, old), "", [][]string{
 		{"mosquitto_pub", "-u", "my_username", "-t", "my_username/topic", "-m", "retained message", "-r", "-q", "1"},
 		{"mosquitto_pub", "-V", "5", "-u", "alice", "-t", "alice/lights", "-m", "on", "-r", "-q", "1", "-D", "publish", "content-type", "text/plain"},
 		{"mosquitto_pub", "-u", "bob", "-t", "bob/garage", "-m", "closed", "-r", "-q", "2"},
