@@ -37,6 +37,9 @@ type Options struct {
 	// Context bounds waits for a verification slot; cancelled at shutdown.
 	Context context.Context
 	Now     func() time.Time
+	// MayQueue, if set, is asked before a message is queued for a session
+	// whose client is offline: false leaves it out (a queue quota).
+	MayQueue func(*mqtt.Client) bool
 }
 
 // Hook is the one auth+ACL hook of the broker.
@@ -50,6 +53,7 @@ type Hook struct {
 	events   Events
 	log      *slog.Logger
 	ctx      context.Context
+	mayQueue func(*mqtt.Client) bool
 
 	// ids maps a client id to the identity that owns it. Keyed by id (not
 	// *Client) so a session taken over by its owner replaces the entry
@@ -120,7 +124,7 @@ func (noEvents) Ban()               {}
 // New builds the hook; add it with srv.AddHook(h, nil).
 func New(o Options) *Hook {
 	h := &Hook{srv: o.Server, verifier: o.Verifier, events: o.Events, log: o.Logger, ctx: o.Context,
-		approved: map[*mqtt.Client]*identity{}}
+		mayQueue: o.MayQueue, approved: map[*mqtt.Client]*identity{}}
 	if h.events == nil {
 		h.events = noEvents{}
 	}
@@ -585,7 +589,12 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		// sees literal filters.
 		return sc.canSubscribe(&id.client, topic, p.StrictSubscribe)
 	}
-	return sc.canRead(&id.client, topic)
+	if !sc.canRead(&id.client, topic) {
+		return false
+	}
+	// mochi asks this just before it queues a delivery: an offline
+	// session's queue is bounded here.
+	return h.mayQueue == nil || !cl.Closed() || h.mayQueue(cl)
 }
 
 // OnPacketRead answers a QoS 1/2 publish to $SYS, which mochi drops

@@ -50,6 +50,7 @@ type Broker struct {
 	admin   *admin.Server
 	persist *persistence
 	expiry  *retainedExpiry
+	queues  *limits.Queues
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -105,6 +106,16 @@ func New(o Options) (*Broker, error) {
 	if err := mochi.Verify(b.srv); err != nil {
 		return nil, err
 	}
+	// The limits hook goes first: its refusals are cheap and come before
+	// any password verification. It never allows anything.
+	lim := limits.New(limits.Options{
+		Server:             b.srv,
+		Settings:           limitSettings(cfg),
+		UsernameIsClientID: cfg.UseUsernameAsClientID,
+		Events:             b.met,
+		Logger:             log.With("component", "limits"),
+	})
+	queues := lim.Queues()
 	b.auth = auth.New(auth.Options{
 		Server:   b.srv,
 		Policy:   policy,
@@ -116,18 +127,10 @@ func New(o Options) (*Broker, error) {
 			IPv4Prefix: cfg.Abuse.BanIPv4Prefix,
 			IPv6Prefix: cfg.Abuse.BanIPv6Prefix,
 		},
-		Events:  b.met,
-		Logger:  log.With("component", "auth"),
-		Context: b.ctx,
-	})
-	// The limits hook goes first: its refusals are cheap and come before
-	// any password verification. It never allows anything.
-	lim := limits.New(limits.Options{
-		Server:             b.srv,
-		Settings:           limitSettings(cfg),
-		UsernameIsClientID: cfg.UseUsernameAsClientID,
-		Events:             b.met,
-		Logger:             log.With("component", "limits"),
+		Events:   b.met,
+		Logger:   log.With("component", "auth"),
+		Context:  b.ctx,
+		MayQueue: queues.MayQueue,
 	})
 	if err := b.srv.AddHook(lim, nil); err != nil {
 		return nil, fmt.Errorf("limits hook: %w", err)
@@ -141,6 +144,10 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(lim.Sessions(), nil); err != nil {
 		return nil, fmt.Errorf("limits session hook: %w", err)
 	}
+	if err := b.srv.AddHook(queues, nil); err != nil {
+		return nil, fmt.Errorf("queue quota hook: %w", err)
+	}
+	b.queues = queues
 	if err := b.srv.AddHook(b.auth.DeliveryGuard(), nil); err != nil {
 		return nil, fmt.Errorf("delivery guard hook: %w", err)
 	}
@@ -221,6 +228,8 @@ func limitSettings(cfg *config.Config) limits.Settings {
 		MaxSessionsPerUser:      q.MaxSessionsPerUser,
 		MaxRetainedPerUser:      q.MaxRetainedPerUser,
 		MaxRetainedBytesPerUser: q.MaxRetainedBytesPerUser,
+		MaxQueuedBytes:          q.MaxQueuedBytes,
+		MaxQueuedPerUser:        q.MaxQueuedPerUser,
 	}
 }
 
@@ -238,6 +247,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.expiry.loadRestored()
+	b.queues.Recount(b.srv) // sessions restored from the store
 	b.run.goNamed("retained expiry", func() { b.expiry.run(b.ctx) })
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {

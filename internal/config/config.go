@@ -152,6 +152,8 @@ type Quotas struct {
 	MaxSessionsPerUser      int   // live and offline sessions of one username
 	MaxRetainedPerUser      int   // retained messages one user has published
 	MaxRetainedBytesPerUser int64 // their topic and payload bytes
+	MaxQueuedBytes          int64 // queued for one offline session (mosquitto's max_queued_bytes)
+	MaxQueuedPerUser        int   // messages queued for one user's offline sessions
 }
 
 // storeMaxKey is the store's largest key (bbolt): a session key is the

@@ -211,7 +211,6 @@ func directives() map[string]handler {
 		"upgrade_outgoing_qos": func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "upgrade_outgoing_qos", v) },
 		"set_tcp_nodelay":      func(p *parser, pos Pos, v string) { var b bool; p.boolean(pos, v, &b) },
 		"max_inflight_bytes":   func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "max_inflight_bytes", v) },
-		"max_queued_bytes":     func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "max_queued_bytes", v) },
 		"queue_qos0_messages":  func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "queue_qos0_messages", v) },
 		"memory_limit":         func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "memory_limit", v) },
 		"allow_zero_length_clientid": func(p *parser, pos Pos, v string) {
@@ -249,6 +248,15 @@ func directives() map[string]handler {
 			if p.intRange(pos, "max_retained_bytes_per_user", v, 0, math.MaxInt, &n) {
 				p.cfg.Quotas.MaxRetainedBytesPerUser = int64(n)
 			}
+		},
+		"max_queued_bytes": func(p *parser, pos Pos, v string) {
+			var n int
+			if p.intRange(pos, "max_queued_bytes", v, 0, math.MaxInt, &n) {
+				p.cfg.Quotas.MaxQueuedBytes = int64(n)
+			}
+		},
+		"max_queued_messages_per_user": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_queued_messages_per_user", v, 0, math.MaxInt32, &p.cfg.Quotas.MaxQueuedPerUser)
 		},
 
 		// Persistence.

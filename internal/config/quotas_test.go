@@ -31,12 +31,14 @@ max_subscriptions_per_client 5
 max_sessions_per_user 0
 max_retained_per_user 7
 max_retained_bytes_per_user 5000000000
+max_queued_bytes 0
+max_queued_messages_per_user 50
 persistent_client_expiration 2w
 `)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Quotas{MaxTopicLength: 100, MaxTopicLevels: 8, MaxClientIDLength: 64, MaxSubscriptions: 5, MaxRetainedPerUser: 7, MaxRetainedBytesPerUser: 5000000000}
+	want := Quotas{MaxTopicLength: 100, MaxTopicLevels: 8, MaxClientIDLength: 64, MaxSubscriptions: 5, MaxRetainedPerUser: 7, MaxRetainedBytesPerUser: 5000000000, MaxQueuedPerUser: 50}
 	if c.Quotas != want {
 		t.Errorf("got %+v, want %+v", c.Quotas, want)
 	}
@@ -52,6 +54,8 @@ persistent_client_expiration 2w
 		{"max_connect_size -1\n", "max_connect_size must be an integer from 0"},
 		{"max_sessions_per_user many\n", "max_sessions_per_user must be an integer"},
 		{"max_retained_bytes_per_user 1e9\n", "max_retained_bytes_per_user must be an integer"},
+		{"max_queued_bytes -1\n", "max_queued_bytes must be an integer from 0"},
+		{"max_queued_messages_per_user lots\n", "max_queued_messages_per_user must be an integer"},
 		{"max_topic_length 30000\nmax_client_id_length 3000\n", "max_client_id_length (3000) plus max_topic_length (30000) must stay below 32765 bytes"},
 	} {
 		_, err := parse(t, tt.text)

@@ -157,6 +157,8 @@ func defaultQuotas() Quotas {
 		MaxSessionsPerUser:      256,
 		MaxRetainedPerUser:      10000,
 		MaxRetainedBytesPerUser: 64 << 20,
+		MaxQueuedBytes:          64 << 20,
+		MaxQueuedPerUser:        100000,
 	}
 }
 

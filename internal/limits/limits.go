@@ -31,6 +31,11 @@ type Settings struct {
 	// messages (count, and topic plus payload bytes) one user has stored.
 	MaxRetainedPerUser      int
 	MaxRetainedBytesPerUser int64
+	// MaxQueuedBytes bounds the topic and payload bytes queued for one
+	// offline session; MaxQueuedPerUser the messages queued for all
+	// offline sessions of one user.
+	MaxQueuedBytes   int64
+	MaxQueuedPerUser int
 }
 
 // Setting names, used as metric labels and in log lines.
@@ -44,6 +49,8 @@ const (
 	LimitRetainedPerUser   = "max_retained_per_user"
 	LimitRetainedBytesUser = "max_retained_bytes_per_user"
 	LimitAuthMethod        = "authentication_method"
+	LimitQueuedBytes       = "max_queued_bytes"
+	LimitQueuedPerUser     = "max_queued_messages_per_user"
 )
 
 // CheckTopic returns the name of the limit a topic name or filter breaks,
