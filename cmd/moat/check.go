@@ -24,8 +24,8 @@ func printErr(io stdio, err error) {
 func runCheckConfig(args []string, io stdio) int {
 	fs := newFlags("check-config", io)
 	path := fs.String("c", "", "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
 	}
 	if *path == "" {
 		fmt.Fprintln(io.err, "usage: moat check-config -c FILE")
@@ -108,21 +108,29 @@ func limit(n int) string {
 	return fmt.Sprint(n)
 }
 
+const aclUsage = `usage: moat acl explain -c FILE [-i CLIENTID] [-l LISTENER] USER read|write|subscribe TOPIC_OR_FILTER  (USER "" = anonymous)`
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }
+
 func runACL(args []string, io stdio) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintln(io.out, aclUsage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "explain" {
-		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] [-l LISTENER] USER read|write|subscribe TOPIC_OR_FILTER")
+		fmt.Fprintln(io.err, aclUsage)
 		return 2
 	}
 	fs := newFlags("acl explain", io)
 	path := fs.String("c", "", "configuration file")
 	clientID := fs.String("i", "", "client id (for %c patterns)")
 	listener := fs.String("l", "", "listener id (with per_listener_settings)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[1:], io); !ok {
+		return code
 	}
 	rest := fs.Args()
 	if *path == "" || len(rest) != 3 {
-		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] USER read|write|subscribe TOPIC_OR_FILTER  (USER \"\" = anonymous)")
+		fmt.Fprintln(io.err, aclUsage)
 		return 2
 	}
 	var op acl.Op
@@ -166,8 +174,8 @@ func runACL(args []string, io stdio) int {
 func runHealth(args []string, io stdio) int {
 	fs := newFlags("health", io)
 	path := fs.String("c", "", "configuration file (for admin_listener)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
@@ -189,14 +197,18 @@ func runHealth(args []string, io stdio) int {
 }
 
 func runCert(args []string, io stdio) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintln(io.out, "usage: moat cert status|renew -c FILE")
+		return 0
+	}
 	if len(args) == 0 || (args[0] != "status" && args[0] != "renew") {
 		fmt.Fprintln(io.err, "usage: moat cert status|renew -c FILE")
 		return 2
 	}
 	fs := newFlags("cert "+args[0], io)
 	path := fs.String("c", "", "configuration file")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[1:], io); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {

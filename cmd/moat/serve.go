@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -35,6 +38,29 @@ func newFlags(name string, io stdio) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses args; ok is false when the command should exit with
+// code: 0 after -h/--help (usage on stdout), 2 after a usage error (the
+// flag package has printed it on stderr).
+func parseFlags(fs *flag.FlagSet, args []string, io stdio) (code int, ok bool) {
+	// The flag package prints before it returns: hold its output until
+	// it is known whether help was asked for.
+	var msg bytes.Buffer
+	fs.SetOutput(&msg)
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		fs.SetOutput(io.err)
+		return 0, true
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(io.out)
+		fs.Usage()
+		return 0, false
+	default:
+		_, _ = io.err.Write(msg.Bytes())
+		return 2, false
+	}
+}
+
 // gcPercent trades memory for CPU: a broker's live heap is small and its
 // garbage (mochi copies each packet per subscriber) is large. Measured on
 // QoS 0 fan-in: about a third more messages per CPU-second than GOGC=100.
@@ -46,7 +72,12 @@ func runServe(args []string, io stdio) int {
 	}
 	fs := newFlags("serve", io)
 	path := fs.String("c", "", "configuration file (mosquitto.conf syntax); default: local-only on 127.0.0.1:1883")
-	if err := fs.Parse(args); err != nil {
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		// Without -c, serve would run the local-only default and ignore the file.
+		fmt.Fprintf(io.err, "moat: serve takes no arguments; to use %s as the configuration: moat serve -c %s\n", fs.Arg(0), fs.Arg(0))
 		return 2
 	}
 	cfg, err := loadConfig(*path)
@@ -80,11 +111,11 @@ func runServe(args []string, io stdio) int {
 
 	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
 	if err != nil {
-		log.Error("cannot start", "error", err)
+		fatal(io, cfg, log, err)
 		return 1
 	}
 	if err := b.Start(); err != nil {
-		log.Error("cannot start", "error", err)
+		fatal(io, cfg, log, err)
 		return 1
 	}
 	log.Info("moat started", "version", version, "listeners", len(cfg.Listeners))
@@ -112,6 +143,29 @@ func runServe(args []string, io stdio) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// fatal logs a start-up error and, when the log does not already go to
+// stderr, prints it there too: a container runtime shows only stderr and
+// stdout, and a restart loop with an empty `docker logs` explains nothing.
+func fatal(io stdio, cfg *config.Config, log *slog.Logger, err error) {
+	log.Error("cannot start", "error", err)
+	if logsToStderr(cfg) {
+		return
+	}
+	printErr(io, fmt.Errorf("cannot start: %w", err))
+}
+
+func logsToStderr(cfg *config.Config) bool {
+	if len(cfg.Log.Dests) == 0 {
+		return true
+	}
+	for _, d := range cfg.Log.Dests {
+		if d.Kind == "stderr" {
+			return true
+		}
+	}
+	return false
 }
 
 func logDests(cfg *config.Config) []logging.Dest {
