@@ -330,7 +330,12 @@ func (b *Broker) startAdmin() error {
 		b.admin.Register("certificate", admin.CertificateCheck(b.leafCertificate, time.Duration(b.cfg.Admin.CertMinDays)*24*time.Hour))
 	}
 	if err := b.admin.Start(); err != nil {
-		return fmt.Errorf("admin_listener %s: %w", b.cfg.Admin.Listener, err)
+		// Name the directive: a default the user never wrote is otherwise a mystery.
+		where := "the default"
+		if b.cfg.Admin.Pos.File != "" {
+			where = b.cfg.Admin.Pos.String()
+		}
+		return fmt.Errorf("admin_listener %s (%s): %w; set admin_listener ADDR:PORT to another port, or admin_listener off", b.cfg.Admin.Listener, where, err)
 	}
 	return nil
 }

@@ -189,6 +189,7 @@ type ACME struct {
 // Admin configures the admin HTTP listener.
 type Admin struct {
 	Listener string // "" when off
+	Pos      Pos    // of the admin_listener line; zero for the default
 	// CertMinDays: /readyz fails when the served certificate expires sooner.
 	CertMinDays int
 }

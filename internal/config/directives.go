@@ -270,12 +270,13 @@ func directives() map[string]handler {
 
 		// Admin listener.
 		"admin_listener": func(p *parser, pos Pos, v string) {
+			p.cfg.Admin.Pos = pos
 			if v == "off" {
 				p.cfg.Admin.Listener = ""
 				return
 			}
 			if _, err := netip.ParseAddrPort(v); err != nil {
-				p.errorf(pos, "admin_listener must be ADDR:PORT (e.g. 127.0.0.1:9090) or off")
+				p.errorf(pos, "admin_listener must be ADDR:PORT (e.g. 127.0.0.1:7883) or off")
 				return
 			}
 			p.cfg.Admin.Listener = v
