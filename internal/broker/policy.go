@@ -69,7 +69,7 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 	var errs []error
 	for _, path := range []string{s.PasswordFile, s.ACLFile} {
 		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o004 != 0 {
-			sum.Warnings = append(sum.Warnings, fmt.Sprintf("%s is readable by every user on this host; chmod 600 it (or 640 with Moat's group)", path))
+			sum.Warnings = append(sum.Warnings, config.PermissionAdvice(path, st))
 		}
 	}
 	if s.PasswordFile != "" {
