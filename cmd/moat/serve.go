@@ -95,7 +95,7 @@ func runServe(args []string, io stdio) int {
 	defer logger.Close()
 	log := logger.Logger
 	// lego logs through one process-wide logger: route it into ours.
-	legolog.Logger = certs.LegoLogger(log.With("component", "acme"))
+	legolog.Logger = certs.LegoLogger(log) // it adds component=lego
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}

@@ -228,7 +228,7 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		WebSocketPath:       l.WebSocketPath,
 		Origins:             l.WebSocketOrigins,
 		TrustedProxies:      l.TrustedProxies,
-		Logger:              b.log.With("listener", l.ID),
+		Logger:              b.log, // listen names the listener on each line itself
 		OnPanic:             b.cleanupPanicked,
 	}
 	if l.MaxConnections > 0 {

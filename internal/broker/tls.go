@@ -51,7 +51,7 @@ func (b *Broker) provisionCerts() error {
 		return nil
 	}
 	o := ACMEOptions(b.cfg, b.env)
-	o.Logger = b.log.With("component", "acme")
+	o.Logger = b.log // the manager adds component=acme itself
 	m, err := certs.NewManager(o)
 	if err != nil {
 		return fmt.Errorf("acme: %w", err)
