@@ -36,7 +36,8 @@ func runCheckConfig(args []string, io stdio) int {
 		printErr(io, err)
 		return 1
 	}
-	_, sums, err := broker.LoadPolicy(cfg)
+	// The very checks serve makes before it opens anything.
+	sums, err := broker.Check(cfg, os.Getenv)
 	if err != nil {
 		printErr(io, err)
 		return 1

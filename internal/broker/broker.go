@@ -78,6 +78,11 @@ func New(o Options) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Refuse a bad key file or mount point before anything is built, with
+	// the message check-config gives.
+	if err := checkPersistence(cfg, env); err != nil {
+		return nil, err
+	}
 	for _, s := range sums {
 		for _, w := range s.Warnings {
 			log.Warn(w)

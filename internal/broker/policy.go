@@ -41,6 +41,11 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 	var errs []error
 	for _, l := range cfg.Listeners {
 		i, ok := loaded[l.Security]
+		if !ok && !l.Security.AllowAnonymous && l.Security.PasswordFile == "" {
+			// Nobody could ever connect: a configuration mistake, not a policy.
+			errs = append(errs, fmt.Errorf("listener %s (%s): allow_anonymous false and no password_file: no client could connect; add password_file FILE, or allow_anonymous true", l.ID, l.Pos))
+			continue
+		}
 		if !ok {
 			sc, sum, err := loadScope(l.Security)
 			if err != nil {
@@ -78,6 +83,9 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 			errs = append(errs, fmt.Errorf("password_file (%s): %w", s.PasswordFilePos, err))
 		} else {
 			sc.Passwd, sum.Users = f, f.Len()
+			if f.Len() == 0 && !s.AllowAnonymous {
+				sum.Warnings = append(sum.Warnings, fmt.Sprintf("password_file %s (%s) has no users: no client can connect until one is added (moat passwd)", s.PasswordFile, s.PasswordFilePos))
+			}
 		}
 	}
 	if s.ACLFile != "" {

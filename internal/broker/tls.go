@@ -37,18 +37,16 @@ func ACMEOptions(cfg *config.Config, env func(string) string) certs.ACMEOptions 
 }
 
 func (b *Broker) provisionCerts() error {
-	for _, l := range b.cfg.Listeners {
-		if l.TLS.CertFile == "" {
-			continue
-		}
-		f, err := certs.NewFileSource(l.TLS.CertFile, l.TLS.KeyFile, b.log.With("listener", l.ID))
-		if err != nil {
-			return fmt.Errorf("listener %s (%s): %w", l.ID, l.Pos, err)
-		}
-		b.files[l.ID] = f
+	files, err := loadCertFiles(b.cfg, b.log)
+	if err != nil {
+		return err
 	}
+	b.files = files
 	if !b.cfg.UsesACME() {
 		return nil
+	}
+	if err := checkACME(b.cfg, b.env); err != nil {
+		return err
 	}
 	o := ACMEOptions(b.cfg, b.env)
 	o.Logger = b.log // the manager adds component=acme itself
