@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,6 +46,11 @@ func TestShippedConfigsListenerLimits(t *testing.T) {
 			cfg, err := config.Load(file, env)
 			if err != nil {
 				t.Fatal(err)
+			}
+			for _, w := range cfg.Warnings {
+				if strings.Contains(w, "applies to listener") {
+					t.Errorf("misplaced per-listener setting: %s", w)
+				}
 			}
 			got := map[string]limits{}
 			for _, l := range cfg.Listeners {

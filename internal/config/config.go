@@ -68,6 +68,10 @@ type Config struct {
 
 	// Warnings are non-fatal findings for check-config and the start-up log.
 	Warnings []string
+
+	// Settings lists every directive line read, in order: a reload compares
+	// them to decide what it may apply (see RestartRequired).
+	Settings []Setting
 }
 
 // Security is authentication and authorisation for one scope.
@@ -78,7 +82,6 @@ type Security struct {
 	PasswordFilePos   Pos
 	ACLFile           string
 	ACLFilePos        Pos
-	AutoIDPrefix      string
 }
 
 // Listener is one listener line and the settings that follow it.
@@ -104,7 +107,6 @@ type Listener struct {
 	WebSocketPath       string
 	WebSocketOrigins    []string
 	TrustedProxies      []netip.Prefix
-	MountPoint          string
 
 	// Security is the listener's own with per_listener_settings, else the global one.
 	Security *Security
@@ -115,7 +117,6 @@ type TLS struct {
 	CertFile, KeyFile      string
 	CAFile, CAPath         string
 	Version                string // minimum: "tlsv1.2" or "tlsv1.3"
-	Ciphers, CiphersTLS13  string
 	RequireCertificate     bool
 	UseIdentityAsUsername  bool
 	UseSubjectAsUsername   bool

@@ -65,6 +65,12 @@ type parser struct {
 	// cur is the listener that listener-scoped directives apply to; nil
 	// before the first listener line.
 	cur *Listener
+	// curLine is the value of the listener line cur came from; scopedUse
+	// records that the directive being read is listener-scoped.
+	curLine   string
+	scopedUse bool
+	// globalSince: a broker-wide directive came after the last listener line.
+	globalSince bool
 	// implicit holds settings given before any listener line (or by port /
 	// bind_address): the default listener's, inherited by later listeners.
 	implicit     *Listener
@@ -215,6 +221,7 @@ func (p *parser) resolve(pos Pos, path string) string {
 
 // scoped returns the listener that listener-scoped settings apply to.
 func (p *parser) scoped() *Listener {
+	p.scopedUse = true
 	if p.cur != nil {
 		return p.cur
 	}
@@ -224,6 +231,7 @@ func (p *parser) scoped() *Listener {
 // security returns the Security that auth directives apply to.
 func (p *parser) security() *Security {
 	if p.cfg.PerListenerSettings && p.cur != nil {
+		p.scopedUse = true
 		return p.cur.Security
 	}
 	if p.cfg.PerListenerSettings {
