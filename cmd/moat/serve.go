@@ -109,7 +109,12 @@ func runServe(args []string, io stdio) int {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
+	o := broker.Options{Config: cfg, Logger: log, Env: os.Getenv}
+	if *path != "" {
+		// A reload reads moat.conf again through the same load and checks.
+		o.Load = func() (*config.Config, error) { return config.Load(*path, os.Getenv) }
+	}
+	b, err := broker.New(o)
 	if err != nil {
 		fatal(io, cfg, log, err)
 		return 1

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -34,6 +36,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Env reads the environment (os.Getenv); tests inject.
 	Env func(string) string
+	// Load reads the configuration again for a reload; nil reloads only the
+	// files the configuration names (the embedded default has no file).
+	Load func() (*config.Config, error)
 }
 
 // Broker is a running Moat.
@@ -54,8 +59,16 @@ type Broker struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once // mochi panics on a second Close
 
-	files map[string]*certs.FileSource // by listener id
-	acme  *certs.Manager
+	load func() (*config.Config, error)
+	// live is the configuration in force: cfg as started, plus what
+	// reloads applied (the two differ only in Live directives).
+	live         *config.Config
+	connMessages atomic.Bool
+
+	certMu  sync.RWMutex                  // guards files and watches
+	files   map[string]*certs.FileSource  // by listener id
+	watches map[string]context.CancelFunc // by listener id
+	acme    *certs.Manager
 
 	mu        sync.Mutex // guards listeners and reloads
 	listeners map[string]*listen.Listener
@@ -88,7 +101,9 @@ func New(o Options) (*Broker, error) {
 			log.Warn(w)
 		}
 	}
-	b := &Broker{cfg: cfg, log: log, env: env, files: map[string]*certs.FileSource{}, listeners: map[string]*listen.Listener{}}
+	b := &Broker{cfg: cfg, live: cfg, load: o.Load, log: log, env: env, files: map[string]*certs.FileSource{},
+		watches: map[string]context.CancelFunc{}, listeners: map[string]*listen.Listener{}}
+	b.connMessages.Store(cfg.Log.ConnectionMessages)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 
 	b.reg = metrics.NewRegistry()
@@ -129,10 +144,9 @@ func New(o Options) (*Broker, error) {
 	if err := stopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
-	if cfg.Log.ConnectionMessages {
-		if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt")}, nil); err != nil {
-			return nil, fmt.Errorf("connection log hook: %w", err)
-		}
+	// Always added: connection_messages can be turned on by a reload.
+	if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt"), on: &b.connMessages}, nil); err != nil {
+		return nil, fmt.Errorf("connection log hook: %w", err)
 	}
 	if err := b.srv.AddHook(&packetIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("packet id hook: %w", err)
@@ -345,22 +359,49 @@ func (b *Broker) startAdmin() error {
 	return nil
 }
 
-// Reload re-reads the password and ACL files (and certificate files) and
-// puts them in force at once, or changes nothing and returns the error.
+// Reload re-reads the configuration and every file it names, in four
+// steps: validate (load it all), diff (a change only a restart can apply
+// refuses the reload, naming the directive and file:line), commit (swap the
+// policy, certificate sources and settings) and apply (end sessions that
+// lost their rights). Only the first two can fail, and a failure changes
+// nothing: the previous configuration stays in force.
 func (b *Broker) Reload() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	policy, _, err := LoadPolicy(b.cfg)
-	if err != nil {
-		return fmt.Errorf("reload refused, previous configuration kept: %w", err)
+	refused := func(err error) error { return fmt.Errorf("reload refused, previous configuration kept: %w", err) }
+	cfg := b.live
+	if b.load != nil {
+		next, err := b.load()
+		if err != nil {
+			return refused(err)
+		}
+		if r := config.RestartRequired(b.live, next); len(r) > 0 {
+			return refused(errors.New("restart required: " + strings.Join(r, "; restart required: ")))
+		}
+		cfg = next
 	}
+	policy, sums, err := LoadPolicy(cfg)
+	if err != nil {
+		return refused(err)
+	}
+	fresh, err := b.changedCertFiles(cfg)
+	if err != nil {
+		return refused(err)
+	}
+
 	n := b.auth.Swap(policy)
-	for id, f := range b.files {
-		if err := f.Reload(); err != nil {
-			b.log.Error("certificate reload failed, previous certificate kept", "listener", id, "error", err)
+	b.swapCertFiles(fresh)
+	b.connMessages.Store(cfg.Log.ConnectionMessages)
+	b.live = cfg
+	for _, w := range cfg.Warnings {
+		b.log.Warn(w)
+	}
+	for _, s := range sums {
+		for _, w := range s.Warnings {
+			b.log.Warn(w)
 		}
 	}
-	b.log.Info("reloaded password and ACL files", "disconnected", n)
+	b.log.Info("reloaded password and ACL files", "configuration", strings.Join(cfg.Files, ","), "disconnected", n)
 	return nil
 }
 

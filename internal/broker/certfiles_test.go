@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -49,4 +50,9 @@ func writeCertFiles(t testing.TB, dir, name string) (certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+// tlsDial completes a TLS handshake without verifying the certificate.
+func tlsDial(addr string) (*tls.Conn, error) {
+	return tls.DialWithDialer(&net.Dialer{Timeout: waitLong}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
 }

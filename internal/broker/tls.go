@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -81,11 +82,80 @@ func (b *Broker) certSource(l *config.Listener) (func(*tls.ClientHelloInfo) (*tl
 	if l.TLS.ACME {
 		return b.acme.GetCertificate, nil
 	}
-	f, ok := b.files[l.ID]
-	if !ok {
+	if b.fileSource(l.ID) == nil {
 		return nil, fmt.Errorf("listener %s: no certificate", l.ID)
 	}
-	return f.GetCertificate, nil
+	// Looked up per handshake: a reload may point the listener at new files.
+	id := l.ID
+	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		f := b.fileSource(id)
+		if f == nil {
+			return nil, fmt.Errorf("listener %s: no certificate", id)
+		}
+		return f.GetCertificate(hello)
+	}, nil
+}
+
+func (b *Broker) fileSource(id string) *certs.FileSource {
+	b.certMu.RLock()
+	defer b.certMu.RUnlock()
+	return b.files[id]
+}
+
+// changedCertFiles loads the certificate files of listeners whose certfile
+// or keyfile a reload changes; any failure refuses the reload.
+func (b *Broker) changedCertFiles(cfg *config.Config) (map[string]*certs.FileSource, error) {
+	was := map[string]*config.Listener{}
+	for _, l := range b.live.Listeners {
+		was[l.ID] = l
+	}
+	changed := &config.Config{}
+	for _, l := range cfg.Listeners {
+		if o := was[l.ID]; l.TLS.CertFile != "" && (o == nil || o.TLS.CertFile != l.TLS.CertFile || o.TLS.KeyFile != l.TLS.KeyFile) {
+			changed.Listeners = append(changed.Listeners, l)
+		}
+	}
+	return loadCertFiles(changed, b.log)
+}
+
+// swapCertFiles puts new certificate sources in force and re-reads the
+// unchanged ones (a renewal written in place).
+func (b *Broker) swapCertFiles(fresh map[string]*certs.FileSource) {
+	b.certMu.Lock()
+	var keep []string
+	for id := range b.files {
+		if _, ok := fresh[id]; !ok {
+			keep = append(keep, id)
+		}
+	}
+	for id, f := range fresh {
+		b.files[id] = f
+		if stop, ok := b.watches[id]; ok {
+			stop()
+			b.watchFile(id, f)
+		}
+	}
+	b.certMu.Unlock()
+	for _, id := range keep {
+		if err := b.fileSource(id).Reload(); err != nil {
+			b.log.Error("certificate reload failed, previous certificate kept", "listener", id, "error", err)
+		}
+	}
+	for id := range fresh {
+		b.log.Info("certificate files changed: serving the new certificate", "listener", id)
+	}
+}
+
+// watchFile checks a listener's certificate files for changes until the
+// broker stops or a reload replaces them. Called with certMu held.
+func (b *Broker) watchFile(id string, f *certs.FileSource) {
+	ctx, cancel := context.WithCancel(b.ctx)
+	b.watches[id] = cancel
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f.Watch(ctx, certReloadEvery)
+	}()
 }
 
 // tlsConfig builds the listener's own TLS configuration: certificates
@@ -150,13 +220,11 @@ func (b *Broker) startCertLoops() {
 			b.certMetricsLoop()
 		}()
 	}
-	for _, f := range b.files {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			f.Watch(b.ctx, certReloadEvery)
-		}()
+	b.certMu.Lock()
+	for id, f := range b.files {
+		b.watchFile(id, f)
 	}
+	b.certMu.Unlock()
 	if b.acme == nil {
 		return
 	}

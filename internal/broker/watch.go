@@ -31,6 +31,9 @@ func stamp(path string) fileStamp {
 func (b *Broker) policyFiles() []string {
 	seen := map[string]bool{}
 	var out []string
+	if b.load != nil {
+		out = append(out, b.cfg.Files...) // moat.conf and its include_dir files
+	}
 	for _, l := range b.cfg.Listeners {
 		for _, p := range []string{l.Security.PasswordFile, l.Security.ACLFile} {
 			if p != "" && !seen[p] {

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // Change says what a changed directive needs from a running broker.
@@ -132,6 +133,16 @@ func RestartRequired(old, next *Config) []string {
 	}
 	if old.LocalOnly != next.LocalOnly {
 		out = append(out, "listener (local-only mode)")
+	}
+	// A listener that gains or loses TLS (certfile is otherwise live) is a
+	// new listener.
+	if slices.ContainsFunc(out, func(s string) bool { return strings.HasPrefix(s, "listener ") }) {
+		return out
+	}
+	for i, l := range next.Listeners {
+		if i >= len(old.Listeners) || old.Listeners[i].ID != l.ID {
+			out = append(out, fmt.Sprintf("listener %s (%s)", l.ID, l.Pos))
+		}
 	}
 	return out
 }

@@ -1,0 +1,209 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moat-mqtt/moat/internal/broker"
+	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/logging"
+)
+
+// startReloadable starts a broker that reads conf again on every reload,
+// as serve -c does.
+func startReloadable(t *testing.T, dir, conf string) (*broker.Broker, *logBuffer) {
+	t.Helper()
+	path := filepath.Join(dir, "moat.conf")
+	writeFile(t, path, conf)
+	load := func() (*config.Config, error) { return config.Load(path, nil) }
+	cfg, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	lg, err := logging.New(logging.Options{Types: map[string]bool{"all": true}, Stderr: logs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger, Load: load})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		_ = b.Close(ctx)
+	})
+	return b, logs
+}
+
+// A reload reads moat.conf again: live settings apply, a change only a
+// restart can apply refuses the whole reload (nothing of it applied), and
+// warnings of the reloaded files reach the log.
+func TestReloadReadsMoatConf(t *testing.T) {
+	dir := t.TempDir()
+	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
+	writePasswd(t, filepath.Join(dir, "passwd2"), map[string]string{"carol": "carol-pass"})
+	const base = "listener 0 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n"
+	b, logs := startReloadable(t, dir, base)
+	addr := b.Addr(listenerID).String()
+	path := filepath.Join(dir, "moat.conf")
+	carol := opts{v: 5, id: "carol", user: "carol", hasUser: true, pass: "carol-pass", hasPass: true, keepalive: 60}
+
+	// (1) A restart-only change together with a live one: refused, and the
+	// live one is not applied either.
+	writeFile(t, path, strings.Replace(base, "password_file passwd", "password_file passwd2", 1)+"max_qos 1\n")
+	err := b.Reload()
+	if err == nil || !strings.Contains(err.Error(), "restart required: max_qos ("+path+":5)") {
+		t.Fatalf("reload: %v, want restart required: max_qos (%s:5)", err, path)
+	}
+	if c, ack := dial(t, addr, carol); ack.ReasonCode == 0 {
+		t.Error("a refused reload applied its new password_file")
+		c.drop()
+	}
+	connect(t, addr, as(5, "alice", "alice-1")).disconnect()
+
+	// (2) A listener change is refused with its line.
+	writeFile(t, path, strings.Replace(base, "listener 0 127.0.0.1", "listener 0 ::1", 1))
+	if err := b.Reload(); err == nil || !strings.Contains(err.Error(), "restart required: listener ("+path+":1)") {
+		t.Fatalf("reload: %v, want restart required: listener (%s:1)", err, path)
+	}
+
+	// (3) Live: a new password_file path, connection messages off, and a
+	// warning from the new configuration is logged.
+	alice := connect(t, addr, as(5, "alice", "alice-2"))
+	writeFile(t, path, strings.Replace(base, "password_file passwd", "password_file passwd2", 1)+"connection_messages false\npid_file /run/moat.pid\n")
+	if err := b.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if !alice.waitClosed() {
+		t.Error("alice, absent from the new password_file, still connected")
+	}
+	connected := len(logs.lines("client connected"))
+	connect(t, addr, carol).disconnect()
+	if c, ack := dial(t, addr, as(5, "alice", "alice-3")); ack.ReasonCode == 0 {
+		t.Error("alice still accepted after password_file moved to passwd2")
+		c.drop()
+	}
+	if n := len(logs.lines("client connected")); n != connected {
+		t.Errorf("connection_messages false: %d new connect lines", n-connected)
+	}
+	if len(logs.lines("pid_file is accepted and ignored")) == 0 {
+		t.Error("warning of the reloaded moat.conf not logged")
+	}
+
+	// (4) A broken moat.conf keeps everything.
+	writeFile(t, path, base+"frobnicate 1\n")
+	if err := b.Reload(); err == nil || !strings.Contains(err.Error(), path+":5: unknown configuration variable") {
+		t.Fatalf("reload: %v", err)
+	}
+	connect(t, addr, carol).disconnect()
+}
+
+// A reload may point a TLS listener at new certificate files; new
+// handshakes get the new certificate. Missing new files refuse the reload.
+func TestReloadChangesCertificateFiles(t *testing.T) {
+	dir := t.TempDir()
+	c1, k1 := writeCertFiles(t, dir, "one")
+	c2, k2 := writeCertFiles(t, dir, "two")
+	conf := "listener 0 127.0.0.1\nadmin_listener off\nallow_anonymous true\ncertfile %s\nkeyfile %s\n"
+	b, _ := startReloadable(t, dir, fmt.Sprintf(conf, c1, k1))
+	addr := b.Addr("mqtts:127.0.0.1:0").String()
+	serial := func() string {
+		t.Helper()
+		c, err := tlsDial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	first := serial()
+	path := filepath.Join(dir, "moat.conf")
+	writeFile(t, path, fmt.Sprintf(conf, filepath.Join(dir, "missing.crt"), k2))
+	if err := b.Reload(); err == nil || !strings.Contains(err.Error(), "missing.crt") {
+		t.Fatalf("reload with a missing certfile: %v", err)
+	}
+	if serial() != first {
+		t.Fatal("refused reload changed the certificate")
+	}
+	writeFile(t, path, fmt.Sprintf(conf, c2, k2))
+	if err := b.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if serial() == first {
+		t.Error("still serving the old certificate after certfile changed")
+	}
+}
+
+// Through the real binary: SIGHUP and the file watch both re-read
+// moat.conf, and a restart-only change is reported with its line.
+func TestServeReloadsMoatConf(t *testing.T) {
+	bin := moatBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
+	writePasswd(t, filepath.Join(dir, "passwd2"), map[string]string{"carol": "carol-pass"})
+	conf := filepath.Join(dir, "moat.conf")
+	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", port)
+	writeFile(t, conf, base)
+	logs := &logBuffer{}
+	cmd := exec.Command(bin, "serve", "-c", conf)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(waitLong)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moat did not listen: %v\n%s", err, logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	writeFile(t, conf, base+"max_packet_size 4096\n")
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, logs, 0, "restart required: max_packet_size ("+conf+":5)")
+
+	// The file watch alone (no signal) applies a live change.
+	writeFile(t, conf, strings.Replace(base, "password_file passwd", "password_file passwd2", 1))
+	carol := opts{v: 5, id: "carol", user: "carol", hasUser: true, pass: "carol-pass", hasPass: true, keepalive: 60}
+	for {
+		c, ack := dial(t, addr, carol)
+		c.drop()
+		if ack.ReasonCode == 0 {
+			break
+		}
+		if time.Now().After(deadline.Add(waitLong)) {
+			t.Fatalf("moat.conf edit not applied by the file watch:\n%s", logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := os.Stat(conf); err != nil {
+		t.Fatal(err)
+	}
+}
