@@ -12,6 +12,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
 // printErr prints each joined error on its own line.
@@ -69,7 +70,7 @@ func runCheckConfig(args []string, io stdio) int {
 			a := s.ACL
 			fmt.Fprintf(w, ", ACL %s: %d anonymous rules, %d users with %d rules, %d patterns", s.ACLFile, a.AnonymousRules, a.Users, a.UserRules, a.Patterns)
 		} else {
-			fmt.Fprint(w, ", no acl_file (every non-$ topic allowed)")
+			fmt.Fprint(w, ", no acl_file (every topic allowed but $ topics; $SYS readable)")
 		}
 		fmt.Fprintln(w)
 		cfg.Warnings = append(cfg.Warnings, s.Warnings...)
@@ -152,24 +153,85 @@ func runACL(args []string, io stdio) int {
 		return 1
 	}
 	l := cfg.Listeners[0]
-	for _, x := range cfg.Listeners {
-		if x.ID == *listener {
-			l = x
+	if *listener != "" {
+		l = nil
+		var ids []string
+		for _, x := range cfg.Listeners {
+			ids = append(ids, x.ID)
+			if x.ID == *listener {
+				l = x
+			}
+		}
+		if l == nil {
+			fmt.Fprintf(io.err, "moat: no listener %q in %s; listeners: %s\n", *listener, *path, strings.Join(ids, ", "))
+			return 2
 		}
 	}
-	if l.Security.ACLFile == "" {
-		fmt.Fprintln(io.out, "allow: no acl_file, every non-$ topic is allowed to authenticated clients")
-		return 0
+	c := &acl.Client{Username: rest[0], HasUsername: rest[0] != "", ClientID: *clientID}
+	var rules *acl.Rules
+	if l.Security.ACLFile != "" {
+		if rules, _, err = acl.Load(l.Security.ACLFile); err != nil {
+			printErr(io, err)
+			return 1
+		}
 	}
-	rules, _, err := acl.Load(l.Security.ACLFile)
-	if err != nil {
+	// An identity the broker refuses at CONNECT gets no ACL answer.
+	if reason, err := connectRefusal(l, rules, c); err != nil {
 		printErr(io, err)
 		return 1
+	} else if reason != "" {
+		fmt.Fprintf(io.out, "deny: CONNECT refused on listener %s: %s\n", l.ID, reason)
+		return 0
 	}
-	c := &acl.Client{Username: rest[0], HasUsername: rest[0] != "", ClientID: *clientID}
+	if rules == nil {
+		fmt.Fprintln(io.out, noACLExplain(op, rest[2]))
+		return 0
+	}
 	d := rules.Explain(c, op, rest[2], cfg.StrictSubscribe)
 	fmt.Fprintln(io.out, d.String())
 	return 0
+}
+
+// connectRefusal says why the broker would refuse this client at CONNECT,
+// "" when it would accept it (given the right password).
+func connectRefusal(l *config.Listener, rules *acl.Rules, c *acl.Client) (string, error) {
+	s := l.Security
+	switch {
+	case !c.HasUsername && !s.AllowAnonymous:
+		return "anonymous clients are not allowed (allow_anonymous false)", nil
+	case c.HasUsername && s.PasswordFile == "":
+		return "no password_file to verify a username", nil
+	case c.HasUsername:
+		f, err := passwd.Load(s.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("password_file (%s): %w", s.PasswordFilePos, err)
+		}
+		if _, ok := f.Fingerprint(c.Username); !ok {
+			return fmt.Sprintf("user %q is not in %s", c.Username, s.PasswordFile), nil
+		}
+	}
+	probe := *c
+	if probe.ClientID == "" {
+		probe.ClientID = "explain" // -i not given: the client id is not in question
+	}
+	if err := rules.CheckClient(&probe); err != nil {
+		return err.Error(), nil
+	}
+	return "", nil
+}
+
+// noACLExplain is the decision without an acl_file: everything, except
+// writing $ topics and reading $ topics other than $SYS.
+func noACLExplain(op acl.Op, topic string) string {
+	sys := topic == "$SYS" || strings.HasPrefix(topic, "$SYS/")
+	switch {
+	case !strings.HasPrefix(topic, "$"):
+		return "allow: no acl_file: every topic not starting with $ is allowed"
+	case op != acl.OpWrite && sys:
+		return "allow: no acl_file: $SYS topics are readable"
+	default:
+		return "deny: no acl_file: $ topics are not writable, and only $SYS is readable"
+	}
 }
 
 func runHealth(args []string, io stdio) int {

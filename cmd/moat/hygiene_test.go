@@ -65,3 +65,56 @@ func TestFatalStartErrorReachesStderr(t *testing.T) {
 		t.Errorf("log file lacks the error (%v): %q", err, logged)
 	}
 }
+
+// acl explain answers for the clients the broker would let in: an
+// identity refused at CONNECT gets no "allow".
+func TestACLExplainRefusesWhatTheBrokerRefuses(t *testing.T) {
+	_, conf, _ := cliSetup(t, cliConf, cliACL+"pattern read clients/%c/#\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"alice/evil", "write", "alice/evil/x"}, "deny: CONNECT refused"},
+		{[]string{"mallory", "write", "mallory/x"}, "deny: CONNECT refused on listener mqtt:127.0.0.1:1883: user \"mallory\" is not in"},
+		{[]string{"", "read", "public/news"}, "deny: CONNECT refused on listener mqtt:127.0.0.1:1883: anonymous clients are not allowed"},
+		{[]string{"-i", "c/1", "alice", "read", "clients/c/1/x"}, "deny: CONNECT refused"},
+		{[]string{"-i", "#", "alice", "read", "clients/x"}, "deny: CONNECT refused"},
+		{[]string{"-l", "mqtt:127.0.0.1:1883", "alice", "write", "alice/x"}, "allow:"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, errOut := runCLI(t, append([]string{"acl", "explain", "-c", conf}, tc.args...)...)
+			if code != 0 || !strings.HasPrefix(out, tc.want) {
+				t.Errorf("exit %d, %q (%s); want prefix %q", code, out, errOut, tc.want)
+			}
+		})
+	}
+	code, out, errOut := runCLI(t, "acl", "explain", "-c", conf, "-l", "mqtt:0.0.0.0:1", "alice", "write", "alice/x")
+	if code != 2 || out != "" || !strings.Contains(errOut, `no listener "mqtt:0.0.0.0:1"`) || !strings.Contains(errOut, "mqtt:127.0.0.1:1883") {
+		t.Errorf("unknown listener: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+func TestACLExplainAnonymous(t *testing.T) {
+	_, conf, aclPath := cliSetup(t, strings.Replace(cliConf, "allow_anonymous false", "allow_anonymous true", 1), cliACL)
+	for _, tc := range [][2]string{{"read", "allow: " + aclPath + ":1: topic read public/#"}, {"write", "deny: no rule matched: deny"}} {
+		if _, out, _ := runCLI(t, "acl", "explain", "-c", conf, "", tc[0], "public/news"); !strings.HasPrefix(out, tc[1]) {
+			t.Errorf("anonymous %s: %q, want %q", tc[0], out, tc[1])
+		}
+	}
+}
+
+func TestACLExplainWithoutACLFile(t *testing.T) {
+	_, conf, _ := cliSetup(t, "listener 1883 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", "")
+	for _, tc := range []struct{ op, topic, want string }{
+		{"read", "$SYS/broker/uptime", "allow:"},
+		{"subscribe", "$SYS/#", "allow:"},
+		{"write", "$SYS/broker/uptime", "deny:"},
+		{"read", "$other/x", "deny:"},
+		{"write", "a/b", "allow:"},
+	} {
+		_, out, _ := runCLI(t, "acl", "explain", "-c", conf, "alice", tc.op, tc.topic)
+		if !strings.HasPrefix(out, tc.want) {
+			t.Errorf("%s %s: %q, want %s", tc.op, tc.topic, out, tc.want)
+		}
+	}
+}
