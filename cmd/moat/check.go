@@ -288,6 +288,9 @@ func runCert(args []string, io stdio) int {
 			printErr(io, err)
 			return 1
 		}
+		if len(st.Domains) == 0 {
+			st.Domains = cfg.ACME.Domains
+		}
 		printStatus(io, st)
 		return 0
 	}
@@ -304,7 +307,7 @@ func runCert(args []string, io stdio) int {
 		return 1
 	}
 	printStatus(io, m.Status())
-	fmt.Fprintln(io.out, "renewed; a running Moat picks the new certificate up at its next check (or send it SIGHUP)")
+	fmt.Fprintf(io.out, "renewed and stored in %s; a running Moat keeps serving its current certificate until it gets SIGHUP (kill -HUP PID, or docker kill -s HUP CONTAINER)\n", cfg.ACME.StateDir)
 	return 0
 }
 
@@ -314,6 +317,9 @@ func printStatus(io stdio, st certs.Status) {
 	fmt.Fprintf(w, "directory:    %s (staging %v)\n", st.DirectoryURL, st.Staging)
 	if st.Serial == "" {
 		fmt.Fprintln(w, "certificate:  none stored")
+		if st.LastError == "" {
+			fmt.Fprintln(w, "attempts:     none recorded yet (Moat requests one when it starts with a tls acme listener)")
+		}
 	} else {
 		fmt.Fprintf(w, "names:        %s\n", strings.Join(st.Names, ", "))
 		fmt.Fprintf(w, "issuer:       %s\n", st.Issuer)
@@ -324,6 +330,9 @@ func printStatus(io stdio, st certs.Status) {
 		fmt.Fprintf(w, "next renewal: %s\n", st.NextRenewal.Format(time.RFC3339))
 	}
 	if st.LastError != "" {
-		fmt.Fprintf(w, "last error:   %s (%s)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339))
+		fmt.Fprintf(w, "last error:   %s (%s, %d failed attempts in a row)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339), st.Failures)
+	}
+	if !st.NextAttempt.IsZero() {
+		fmt.Fprintf(w, "next attempt: %s\n", st.NextAttempt.Format(time.RFC3339))
 	}
 }

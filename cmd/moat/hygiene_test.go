@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,5 +117,34 @@ func TestACLExplainWithoutACLFile(t *testing.T) {
 		if !strings.HasPrefix(out, tc.want) {
 			t.Errorf("%s %s: %q, want %s", tc.op, tc.topic, out, tc.want)
 		}
+	}
+}
+
+// With no certificate yet, cert status shows why and when the next try is;
+// cert renew says what a running broker needs to serve its result.
+func TestCertStatusWithoutCertificate(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "moat.conf")
+	data := "listener 0 127.0.0.1\nlistener " + fmt.Sprint(freeTCPPort(t)) + " 127.0.0.1\ntls acme\nallow_anonymous true\nadmin_listener off\n" +
+		"acme_domain mqtt.example.com\nacme_directory https://127.0.0.1:1/directory\nacme_state_dir " + filepath.Join(dir, "acme") + "\n"
+	if err := os.WriteFile(conf, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CLOUDFLARE_DNS_API_TOKEN", "test-token-not-real")
+	code, out, errOut := runCLI(t, "cert", "status", "-c", conf)
+	if code != 0 || !strings.Contains(out, "certificate:  none stored") || !strings.Contains(out, "none recorded yet") {
+		t.Errorf("before any attempt: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, _ := runCLI(t, "cert", "renew", "-c", conf); code == 0 {
+		t.Fatal("renew against an unreachable CA succeeded")
+	}
+	code, out, errOut = runCLI(t, "cert", "status", "-c", conf)
+	for _, want := range []string{"domains:      mqtt.example.com", "certificate:  none stored", "last error:", "1 failed attempts in a row", "next attempt: "} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("after a failed attempt: exit %d, output lacks %q\n%s%s", code, want, out, errOut)
+		}
+	}
+	if strings.Contains(out, "test-token-not-real") {
+		t.Error("the token reached the output")
 	}
 }

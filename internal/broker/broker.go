@@ -391,6 +391,9 @@ func (b *Broker) Reload() error {
 
 	n := b.auth.Swap(policy)
 	b.swapCertFiles(fresh)
+	if b.acme != nil {
+		b.acme.LoadStored() // a certificate `moat cert renew` stored
+	}
 	b.connMessages.Store(cfg.Log.ConnectionMessages)
 	b.live = cfg
 	for _, w := range cfg.Warnings {
