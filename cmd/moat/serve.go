@@ -85,15 +85,20 @@ func runServe(args []string, io stdio) int {
 		fmt.Fprintf(io.err, "moat: %v\n", err)
 		return 3
 	}
-	logger, err := logging.New(logging.Options{
-		Format: cfg.Log.Format, Types: cfg.Log.Types, Dests: logDests(cfg), Stderr: io.err,
-	})
+	newLogger := func(cfg *config.Config) (*logging.Logger, error) {
+		return logging.New(logging.Options{Format: cfg.Log.Format, Types: cfg.Log.Types, Dests: logDests(cfg), Stderr: io.err})
+	}
+	first, err := newLogger(cfg)
 	if err != nil {
 		fmt.Fprintf(io.err, "moat: %v\n", err)
 		return 3
 	}
+	// A reload may change log_dest, log_type and log_format: every part
+	// logs through a handler that follows the swap.
+	logger := &liveLog{}
+	logger.Swap(first)
 	defer logger.Close()
-	log := logger.Logger
+	log := slog.New(logger.Handler())
 	// lego logs through one process-wide logger: route it into ours.
 	legolog.Logger = certs.LegoLogger(log) // it adds component=lego
 	for _, w := range cfg.Warnings {
@@ -109,7 +114,15 @@ func runServe(args []string, io stdio) int {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	o := broker.Options{Config: cfg, Logger: log, Env: os.Getenv}
+	o := broker.Options{Config: cfg, Logger: log, Env: os.Getenv,
+		Logs: func(next *config.Config) (func(), error) {
+			l, err := newLogger(next)
+			if err != nil {
+				return nil, err
+			}
+			return func() { logger.Swap(l) }, nil
+		},
+	}
 	if *path != "" {
 		// A reload reads moat.conf again through the same load and checks.
 		o.Load = func() (*config.Config, error) { return config.Load(*path, os.Getenv) }

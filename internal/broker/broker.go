@@ -39,6 +39,10 @@ type Options struct {
 	// Load reads the configuration again for a reload; nil reloads only the
 	// files the configuration names (the embedded default has no file).
 	Load func() (*config.Config, error)
+	// Logs prepares the logging a reloaded configuration asks for (opening
+	// its files) and returns what puts it in force; nil: log settings need a
+	// restart.
+	Logs func(*config.Config) (apply func(), err error)
 }
 
 // Broker is a running Moat.
@@ -60,6 +64,7 @@ type Broker struct {
 	closeOnce sync.Once // mochi panics on a second Close
 
 	load func() (*config.Config, error)
+	logs func(*config.Config) (func(), error)
 	// live is the configuration in force: cfg as started, plus what
 	// reloads applied (the two differ only in Live directives).
 	live         *config.Config
@@ -101,7 +106,7 @@ func New(o Options) (*Broker, error) {
 			log.Warn(w)
 		}
 	}
-	b := &Broker{cfg: cfg, live: cfg, load: o.Load, log: log, env: env, files: map[string]*certs.FileSource{},
+	b := &Broker{cfg: cfg, live: cfg, load: o.Load, logs: o.Logs, log: log, env: env, files: map[string]*certs.FileSource{},
 		watches: map[string]context.CancelFunc{}, listeners: map[string]*listen.Listener{}}
 	b.connMessages.Store(cfg.Log.ConnectionMessages)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -388,6 +393,16 @@ func (b *Broker) Reload() error {
 	if err != nil {
 		return refused(err)
 	}
+	// Last, as nothing may fail after it: it opens the new log files.
+	var applyLogs func()
+	if logSettingsChanged(b.live.Log, cfg.Log) {
+		if b.logs == nil {
+			return refused(errors.New("restart required: log_dest, log_type or log_format"))
+		}
+		if applyLogs, err = b.logs(cfg); err != nil {
+			return refused(err)
+		}
+	}
 
 	n := b.auth.Swap(policy)
 	b.swapCertFiles(fresh)
@@ -395,6 +410,9 @@ func (b *Broker) Reload() error {
 		b.acme.LoadStored() // a certificate `moat cert renew` stored
 	}
 	b.connMessages.Store(cfg.Log.ConnectionMessages)
+	if applyLogs != nil {
+		applyLogs()
+	}
 	b.live = cfg
 	for _, w := range cfg.Warnings {
 		b.log.Warn(w)

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 
 	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
@@ -22,6 +24,11 @@ func Check(cfg *config.Config, env func(string) string) ([]ScopeSummary, error) 
 	_, sums, err := LoadPolicy(cfg)
 	_, cerr := loadCertFiles(cfg, slog.New(slog.DiscardHandler))
 	return sums, errors.Join(err, cerr, checkACME(cfg, env), checkPersistence(cfg, env))
+}
+
+// logSettingsChanged reports a change of log_dest, log_type or log_format.
+func logSettingsChanged(old, next config.Log) bool {
+	return old.Format != next.Format || !slices.Equal(old.Dests, next.Dests) || !maps.Equal(old.Types, next.Types)
 }
 
 // loadCertFiles reads every listener's certfile and keyfile.

@@ -207,3 +207,62 @@ func TestServeReloadsMoatConf(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A reload may move the log and change its level and format: serve swaps
+// its logging, and every part follows.
+func TestServeReloadsLogSettings(t *testing.T) {
+	bin := moatBinary(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	logA, logB := filepath.Join(dir, "a.log"), filepath.Join(dir, "b.log")
+	conf := filepath.Join(dir, "moat.conf")
+	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous true\n", port)
+	writeFile(t, conf, base+"log_dest file "+logA+"\n")
+	cmd := exec.Command(bin, "serve", "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	read := func(p string) string {
+		b, _ := os.ReadFile(p)
+		return string(b)
+	}
+	waitFile := func(p string, words ...string) {
+		t.Helper()
+		deadline := time.Now().Add(waitLong)
+		for {
+			s := read(p)
+			ok := true
+			for _, w := range words {
+				ok = ok && strings.Contains(s, w)
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %q:\n%s", p, words, s)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFile(logA, "moat started")
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	connect(t, addr, anon(5, "before-swap")).disconnect()
+	waitFile(logA, "before-swap")
+
+	writeFile(t, conf, base+"log_dest file "+logB+"\nlog_format json\n")
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFile(logB, `"msg":"reloaded password and ACL files"`)
+	connect(t, addr, anon(5, "after-swap")).disconnect()
+	waitFile(logB, `"client":"after-swap"`, `"component":"mqtt"`)
+	if strings.Contains(read(logA), "after-swap") {
+		t.Error("the old log file still receives lines after the reload")
+	}
+}

@@ -51,8 +51,8 @@ func reloadDecisions() map[string]Change {
 		"persistence": Restart, "persistence_location": Restart, "persistence_file": Restart,
 		"persistence_encryption": Restart, "persistence_cipher_dir": Restart,
 		"persistence_key_file": Restart, "gocryptfs_path": Restart,
-		// The logger is built before the broker.
-		"log_dest": Restart, "log_type": Restart, "log_format": Restart,
+		// The logging is rebuilt and swapped in (serve provides it).
+		"log_dest": Live, "log_type": Live, "log_format": Live,
 		"admin_listener": Restart, "admin_cert_min_days": Restart,
 		// The ACME manager holds its account and options.
 		"acme_domain": Restart, "acme_email": Restart, "acme_staging": Restart, "acme_directory": Restart,

@@ -104,7 +104,7 @@ func TestRestartRequired(t *testing.T) {
 		{"limit moved to another listener", "listener 1883 127.0.0.1\nlistener 8883 127.0.0.1\nmax_connections_per_ip 8\nallow_anonymous false\npassword_file p\nmax_qos 2\n", []string{"max_connections_per_ip (next.conf:3)"}},
 		{"removed", strings.Replace(base, "max_qos 2\n", "", 1), []string{"max_qos (old.conf:6)"}},
 		{"TLS added", base + "certfile c\nkeyfile k\n", []string{"listener mqtts:127.0.0.1:8883 (next.conf:3)"}},
-		{"log and persistence", base + "log_type debug\npersistence false\n", []string{"log_type (next.conf:7)", "persistence (next.conf:8)"}},
+		{"log and persistence", base + "log_type debug\npersistence false\n", []string{"persistence (next.conf:8)"}},
 	}
 	old, err := Parse("old.conf", []byte(base), nil)
 	if err != nil {
