@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -13,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs"
-	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/logging"
 )
 
@@ -75,29 +72,15 @@ log_type all
 	env := func(k string) string {
 		return map[string]string{"CLOUDFLARE_DNS_API_TOKEN": "test-token-not-real"}[k]
 	}
-	cfg, err := config.Load(path, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &logBuffer{}
-	lg, err := logging.New(logging.Options{Format: cfg.Log.Format, Types: cfg.Log.Types, Stderr: logs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lo := logging.Options{Format: "json", Types: map[string]bool{"all": true}}
+	b, logs := startFromFile(t, path, env, lo, false)
 	// As serve wires lego's process-wide logger.
-	certs.LegoLogger(lg.Logger).Printf("[INFO] lego line")
-	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger, Env: env})
+	lo.Stderr = logs
+	lg, err := logging.New(lo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		_ = b.Close(ctx)
-	}()
+	certs.LegoLogger(lg.Logger).Printf("[INFO] lego line")
 	addr := b.Addr("mqtt:127.0.0.1:0").String()
 	connect(t, addr, anon(5, "keys-ok")).disconnect()
 	// An invalid first packet and a failed TLS handshake.

@@ -23,17 +23,30 @@ func startReloadable(t *testing.T, dir, conf string) (*broker.Broker, *logBuffer
 	t.Helper()
 	path := filepath.Join(dir, "moat.conf")
 	writeFile(t, path, conf)
-	load := func() (*config.Config, error) { return config.Load(path, nil) }
+	return startFromFile(t, path, nil, logging.Options{Types: map[string]bool{"all": true}}, true)
+}
+
+// startFromFile starts a broker from the configuration at path, logging
+// through Moat's logging with lo (its Stderr is the returned buffer); with
+// reload, a reload reads path again.
+func startFromFile(t *testing.T, path string, env func(string) string, lo logging.Options, reload bool) (*broker.Broker, *logBuffer) {
+	t.Helper()
+	load := func() (*config.Config, error) { return config.Load(path, env) }
 	cfg, err := load()
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := &logBuffer{}
-	lg, err := logging.New(logging.Options{Types: map[string]bool{"all": true}, Stderr: logs})
+	lo.Stderr = logs
+	lg, err := logging.New(lo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger, Load: load})
+	o := broker.Options{Config: cfg, Logger: lg.Logger, Env: env}
+	if reload {
+		o.Load = load
+	}
+	b, err := broker.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +163,6 @@ func TestReloadChangesCertificateFiles(t *testing.T) {
 // Through the real binary: SIGHUP and the file watch both re-read
 // moat.conf, and a restart-only change is reported with its line.
 func TestServeReloadsMoatConf(t *testing.T) {
-	bin := moatBinary(t)
 	dir := t.TempDir()
 	port := freePort(t)
 	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
@@ -158,31 +170,9 @@ func TestServeReloadsMoatConf(t *testing.T) {
 	conf := filepath.Join(dir, "moat.conf")
 	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", port)
 	writeFile(t, conf, base)
-	logs := &logBuffer{}
-	cmd := exec.Command(bin, "serve", "-c", conf)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd, logs := startServe(t, conf, addr)
 	deadline := time.Now().Add(waitLong)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("moat did not listen: %v\n%s", err, logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	writeFile(t, conf, base+"max_packet_size 4096\n")
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -211,23 +201,14 @@ func TestServeReloadsMoatConf(t *testing.T) {
 // A reload may move the log and change its level and format: serve swaps
 // its logging, and every part follows.
 func TestServeReloadsLogSettings(t *testing.T) {
-	bin := moatBinary(t)
 	dir := t.TempDir()
 	port := freePort(t)
 	logA, logB := filepath.Join(dir, "a.log"), filepath.Join(dir, "b.log")
 	conf := filepath.Join(dir, "moat.conf")
 	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous true\n", port)
 	writeFile(t, conf, base+"log_dest file "+logA+"\n")
-	cmd := exec.Command(bin, "serve", "-c", conf)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd, _ := startServe(t, conf, addr)
 	read := func(p string) string {
 		b, _ := os.ReadFile(p)
 		return string(b)
@@ -251,7 +232,6 @@ func TestServeReloadsLogSettings(t *testing.T) {
 		}
 	}
 	waitFile(logA, "moat started")
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	connect(t, addr, anon(5, "before-swap")).disconnect()
 	waitFile(logA, "before-swap")
 
@@ -264,5 +244,35 @@ func TestServeReloadsLogSettings(t *testing.T) {
 	waitFile(logB, `"client":"after-swap"`, `"component":"mqtt"`)
 	if strings.Contains(read(logA), "after-swap") {
 		t.Error("the old log file still receives lines after the reload")
+	}
+}
+
+// startServe runs the real moat serve -c conf, killed when the test ends,
+// and waits until it accepts connections on addr.
+func startServe(t *testing.T, conf, addr string) (*exec.Cmd, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	cmd := exec.Command(moatBinary(t), "serve", "-c", conf)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	deadline := time.Now().Add(waitLong)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return cmd, logs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("moat did not listen on %s: %v\n%s", addr, err, logs)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

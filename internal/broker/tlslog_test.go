@@ -1,7 +1,6 @@
 package broker_test
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -11,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moat-mqtt/moat/internal/broker"
-	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/logging"
 )
 
@@ -25,27 +22,7 @@ func TestFailedTLSHandshakeIsLogged(t *testing.T) {
 	conf := fmt.Sprintf("listener 0 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\nadmin_listener off\n", crt, key)
 	path := filepath.Join(dir, "moat.conf")
 	writeFile(t, path, conf)
-	cfg, err := config.Load(path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &logBuffer{}
-	lg, err := logging.New(logging.Options{Types: cfg.Log.Types, Stderr: logs}) // the default level
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		_ = b.Close(ctx)
-	}()
+	b, logs := startFromFile(t, path, nil, logging.Options{}, false) // the default level
 	addr := b.Addr("mqtts:127.0.0.1:0").String()
 
 	// Plain MQTT to the TLS port.
