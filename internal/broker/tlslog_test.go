@@ -19,7 +19,7 @@ import (
 func TestFailedTLSHandshakeIsLogged(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := writeCertFiles(t, dir, "server")
-	conf := fmt.Sprintf("listener 0 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\nadmin_listener off\n", crt, key)
+	conf := fmt.Sprintf("listener 0 127.0.0.1\ncertfile %s\nkeyfile %s\nlistener 0 127.0.0.1\nprotocol websockets\ncertfile %[1]s\nkeyfile %[2]s\nallow_anonymous true\nadmin_listener off\n", crt, key)
 	path := filepath.Join(dir, "moat.conf")
 	writeFile(t, path, conf)
 	b, logs := startFromFile(t, path, nil, logging.Options{}, false) // the default level
@@ -67,6 +67,19 @@ func TestFailedTLSHandshakeIsLogged(t *testing.T) {
 	if n := len(logs.lines("TLS handshake failed")) - before; n > 20 {
 		t.Errorf("200 failed handshakes made %d log lines", n)
 	}
+	// WSS: the handshake runs in the WebSocket listener's HTTP server.
+	wss := b.Addr("wss:127.0.0.1:0").String()
+	c, err = net.DialTimeout("tcp", wss, waitLong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wssLocal := c.LocalAddr().String()
+	_, _ = c.Write([]byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n"))
+	_ = c.SetReadDeadline(time.Now().Add(waitLong))
+	_, _ = c.Read(make([]byte, 16))
+	c.Close()
+	waitLog(t, logs, 0, "TLS handshake failed", "listener=wss:127.0.0.1:0", "remote="+wssLocal)
+
 	good, err := tlsDial(addr)
 	if err != nil {
 		t.Fatalf("a good client after the flood: %v", err)

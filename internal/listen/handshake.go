@@ -4,7 +4,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,3 +64,28 @@ func (c *hsConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
+
+// httpErrorLog is the WebSocket server's error log: net/http reports a
+// failed TLS handshake only there ("http: TLS handshake error from ADDR:
+// REASON"), which goes to logHandshake; its other lines stay at debug.
+func (l *Listener) httpErrorLog() *log.Logger {
+	debug := slog.NewLogLogger(l.log.Handler(), slog.LevelDebug)
+	return log.New(writerFunc(func(p []byte) (int, error) {
+		line := strings.TrimSpace(string(p))
+		if rest, ok := strings.CutPrefix(line, "http: TLS handshake error from "); ok {
+			if i := strings.Index(rest, ": "); i > 0 {
+				reason := rest[i+2:]
+				if reason != "EOF" {
+					l.logHandshake(rest[:i], errors.New(reason))
+				}
+				return len(p), nil
+			}
+		}
+		debug.Print(line)
+		return len(p), nil
+	}), "", 0)
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

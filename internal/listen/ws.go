@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -42,7 +41,7 @@ func (l *Listener) initWebSocket() {
 		MaxHeaderBytes:    maxHeaderBytes,
 		// A non-nil empty map disables HTTP/2: WebSocket needs HTTP/1.1.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:     slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		ErrorLog:     l.httpErrorLog(), // TLS handshake failures at warning level
 	}
 }
 
