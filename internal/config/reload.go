@@ -144,6 +144,31 @@ func RestartRequired(old, next *Config) []string {
 			out = append(out, fmt.Sprintf("listener %s (%s)", l.ID, l.Pos))
 		}
 	}
+	if len(out) == 0 {
+		out = append(out, dropped(old, next)...)
+	}
+	return out
+}
+
+// dropped lists acl_file and password_file lines a reload would remove: a
+// file cut short while it is written must not turn the ACL off, so running
+// without them takes a restart (changing their paths stays live).
+func dropped(old, next *Config) []string {
+	var out []string
+	seen := map[*Security]bool{}
+	for i, l := range next.Listeners {
+		o := old.Listeners[i].Security
+		if seen[o] {
+			continue
+		}
+		seen[o] = true
+		if o.ACLFile != "" && l.Security.ACLFile == "" {
+			out = append(out, fmt.Sprintf("acl_file removed (%s)", o.ACLFilePos))
+		}
+		if o.PasswordFile != "" && l.Security.PasswordFile == "" {
+			out = append(out, fmt.Sprintf("password_file removed (%s)", o.PasswordFilePos))
+		}
+	}
 	return out
 }
 

@@ -103,6 +103,7 @@ func TestRestartRequired(t *testing.T) {
 		{"port", strings.Replace(base, "listener 8883", "listener 8884", 1), []string{"listener (next.conf:3)"}},
 		{"limit moved to another listener", "listener 1883 127.0.0.1\nlistener 8883 127.0.0.1\nmax_connections_per_ip 8\nallow_anonymous false\npassword_file p\nmax_qos 2\n", []string{"max_connections_per_ip (next.conf:3)"}},
 		{"removed", strings.Replace(base, "max_qos 2\n", "", 1), []string{"max_qos (old.conf:6)"}},
+		{"password_file dropped", "listener 1883 127.0.0.1\nmax_connections_per_ip 8\nlistener 8883 127.0.0.1\nallow_anonymous true\nmax_qos 2\n", []string{"password_file removed (old.conf:5)"}},
 		{"TLS added", base + "certfile c\nkeyfile k\n", []string{"listener mqtts:127.0.0.1:8883 (next.conf:3)"}},
 		{"log and persistence", base + "log_type debug\npersistence false\n", []string{"persistence (next.conf:8)"}},
 	}
