@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -275,4 +276,61 @@ func startServe(t *testing.T, conf, addr string) (*exec.Cmd, *logBuffer) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// 200 reloads at once, of good and hostile moat.conf contents, while a
+// client works: every refused one changes nothing, errors never quote a
+// value, and the last good configuration is the one in force.
+func TestReloadHostileAndConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
+	const base = "listener 0 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n"
+	b, _ := startReloadable(t, dir, base)
+	addr := b.Addr(listenerID).String()
+	path := filepath.Join(dir, "moat.conf")
+	bob := connect(t, addr, as(5, "bob", "bob-steady"))
+	hostile := []string{
+		base + "acl_file " + strings.Repeat("a", 64<<10) + "\n",
+		base + "max_qos 1\x1b[31m\n",
+		base + "persistence_key_file /run/secret-value-xyz\n",
+		base + "log_dest file /proc/self/secret-value-xyz/\"ip=1.2.3.4\n",
+		strings.Repeat("#", 70<<10) + "\n" + base,
+		base + "listener 0 127.0.0.1\n",
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	wg.Add(1)
+	go func() { // one writer, replacing the file as an editor would
+		defer wg.Done()
+		for i := range 3 * len(hostile) {
+			tmp := fmt.Sprintf("%s.%d", path, i)
+			if os.WriteFile(tmp, []byte(hostile[i%len(hostile)]), 0o600) == nil {
+				_ = os.Rename(tmp, path)
+			}
+		}
+	}()
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := b.Reload(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if strings.Contains(err.Error(), "secret-value-xyz") || strings.Contains(err.Error(), "\x1b") {
+			t.Errorf("a refused reload quoted a value: %.200q", err)
+		}
+	}
+	if got := bob.publish("bob/x", "still", 1, false); got.code >= 0x80 && got.code != noAck {
+		t.Errorf("bob after the reloads: 0x%02x", got.code)
+	}
+	writeFile(t, path, base)
+	if err := b.Reload(); err != nil {
+		t.Fatalf("the good configuration again: %v", err)
+	}
+	connect(t, addr, as(4, "alice", "alice-after")).disconnect()
 }
