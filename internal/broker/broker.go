@@ -244,24 +244,17 @@ func (b *Broker) Start() error {
 
 func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 	o := listen.Options{
-		ID:                  l.ID,
-		WebSocket:           l.Protocol == "websockets",
-		ConnectTimeout:      l.ConnectTimeout,
-		MaxConnectionsPerIP: l.MaxConnectionsPerIP,
-		MaxPacketSize:       int(b.cfg.Limits.MaxPacketSize),
-		WebSocketPath:       l.WebSocketPath,
-		Origins:             l.WebSocketOrigins,
-		TrustedProxies:      l.TrustedProxies,
-		Logger:              b.log, // listen names the listener on each line itself
-		OnPanic:             b.cleanupPanicked,
+		ID:             l.ID,
+		WebSocket:      l.Protocol == "websockets",
+		ConnectTimeout: l.ConnectTimeout,
+		MaxPacketSize:  int(b.cfg.Limits.MaxPacketSize),
+		WebSocketPath:  l.WebSocketPath,
+		Origins:        l.WebSocketOrigins,
+		TrustedProxies: l.TrustedProxies,
+		Logger:         b.log, // listen names the listener on each line itself
+		OnPanic:        b.cleanupPanicked,
 	}
-	if l.MaxConnections > 0 {
-		o.MaxConnections = l.MaxConnections
-	}
-	if l.ConnectRatePerIP > 0 {
-		o.ConnectRate = rate.Limit(l.ConnectRatePerIP)
-		o.ConnectBurst = max(int(l.ConnectRatePerIP), 10)
-	}
+	o.MaxConnections, o.MaxConnectionsPerIP, o.ConnectRate, o.ConnectBurst = connLimits(l)
 	if l.UnixPath != "" {
 		o.Network, o.Address = "unix", l.UnixPath
 	} else {
@@ -282,6 +275,32 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		o.TLS = cfg
 	}
 	return o, nil
+}
+
+// connLimits are a listener's connection limits as listen takes them.
+func connLimits(l *config.Listener) (maxConns, perIP int, r rate.Limit, burst int) {
+	maxConns, perIP = max(l.MaxConnections, 0), l.MaxConnectionsPerIP
+	if l.ConnectRatePerIP > 0 {
+		r, burst = rate.Limit(l.ConnectRatePerIP), max(int(l.ConnectRatePerIP), 10)
+	}
+	return maxConns, perIP, r, burst
+}
+
+// applyLimits puts a reloaded configuration's connection limits in force on
+// the open listeners and on those still waiting for a certificate.
+func (b *Broker) applyLimits(cfg *config.Config) {
+	byID := map[string]*config.Listener{}
+	for _, l := range cfg.Listeners {
+		byID[l.ID] = l
+		if ln, ok := b.listeners[l.ID]; ok {
+			ln.SetLimits(connLimits(l))
+		}
+	}
+	for i, l := range b.pending {
+		if n, ok := byID[l.ID]; ok {
+			b.pending[i] = n
+		}
+	}
 }
 
 func (b *Broker) addListener(l *config.Listener) error {
@@ -410,6 +429,7 @@ func (b *Broker) Reload() error {
 		b.acme.LoadStored() // a certificate `moat cert renew` stored
 	}
 	b.connMessages.Store(cfg.Log.ConnectionMessages)
+	b.applyLimits(cfg)
 	if applyLogs != nil {
 		applyLogs()
 	}

@@ -334,3 +334,52 @@ func TestReloadHostileAndConcurrent(t *testing.T) {
 	}
 	connect(t, addr, as(4, "alice", "alice-after")).disconnect()
 }
+
+// Connection limits change with a reload, for connections accepted after
+// it; open ones stay.
+func TestReloadChangesConnectionLimits(t *testing.T) {
+	dir := t.TempDir()
+	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
+	const base = "listener 0 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n"
+	b, _ := startReloadable(t, dir, base)
+	addr := b.Addr(listenerID).String()
+	path := filepath.Join(dir, "moat.conf")
+	first := connect(t, addr, as(5, "alice", "limit-1"))
+	second := connect(t, addr, as(5, "bob", "limit-2"))
+
+	writeFile(t, path, strings.Replace(base, "listener 0 127.0.0.1\n", "listener 0 127.0.0.1\nmax_connections_per_ip 2\n", 1))
+	if err := b.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	// Two open from 127.0.0.1: a third gets no CONNACK, not even a refusal.
+	refused := func() bool {
+		c, err := net.DialTimeout("tcp", addr, waitLong)
+		if err != nil {
+			return true
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte{0x10, 0x0d, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, 1, 'x'})
+		_ = c.SetReadDeadline(time.Now().Add(waitLong))
+		b := make([]byte, 1)
+		_, err = c.Read(b)
+		return err != nil || b[0] != 0x20
+	}
+	if !refused() {
+		t.Error("a third connection from one address was not refused after max_connections_per_ip 2")
+	}
+	first.ping()
+	second.ping()
+
+	writeFile(t, path, base)
+	if err := b.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if refused() {
+		t.Error("a third connection refused after the limit was lifted")
+	}
+	writeFile(t, path, base)
+	if err := b.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, addr, as(5, "admin", "limit-3")).disconnect()
+}

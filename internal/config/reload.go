@@ -36,8 +36,9 @@ func reloadDecisions() map[string]Change {
 
 		// Listeners and their sockets, TLS and connection limits are built once.
 		"listener": Restart, "port": Restart, "bind_address": Restart, "socket_domain": Restart,
-		"protocol": Restart, "max_connections": Restart, "connect_timeout": Restart,
-		"max_connections_per_ip": Restart, "max_connection_rate_per_ip": Restart,
+		"protocol": Restart, "connect_timeout": Restart,
+		// Connection limits apply to connections accepted after the reload.
+		"max_connections": Live, "max_connections_per_ip": Live, "max_connection_rate_per_ip": Live,
 		"trusted_proxy": Restart, "websockets_path": Restart, "websockets_origin": Restart,
 		"cafile": Restart, "capath": Restart, "tls_version": Restart, "require_certificate": Restart,
 		"tls": Restart, "per_listener_settings": Restart,

@@ -93,7 +93,7 @@ func TestRefusedDirectivesSayWhy(t *testing.T) {
 }
 
 func TestRestartRequired(t *testing.T) {
-	const base = "listener 1883 127.0.0.1\nmax_connections_per_ip 8\nlistener 8883 127.0.0.1\nallow_anonymous false\npassword_file p\nmax_qos 2\n"
+	const base = "listener 1883 127.0.0.1\nconnect_timeout 8\nlistener 8883 127.0.0.1\nallow_anonymous false\npassword_file p\nmax_qos 2\n"
 	tests := []struct {
 		name, next string
 		want       []string
@@ -101,9 +101,10 @@ func TestRestartRequired(t *testing.T) {
 		{"same", base, nil},
 		{"live only", strings.Replace(base, "password_file p", "password_file q\nacl_file a\nconnection_messages false\nmessage_size_limit 10", 1), nil},
 		{"port", strings.Replace(base, "listener 8883", "listener 8884", 1), []string{"listener (next.conf:3)"}},
-		{"limit moved to another listener", "listener 1883 127.0.0.1\nlistener 8883 127.0.0.1\nmax_connections_per_ip 8\nallow_anonymous false\npassword_file p\nmax_qos 2\n", []string{"max_connections_per_ip (next.conf:3)"}},
+		{"timeout moved to another listener", "listener 1883 127.0.0.1\nlistener 8883 127.0.0.1\nconnect_timeout 8\nallow_anonymous false\npassword_file p\nmax_qos 2\n", []string{"connect_timeout (next.conf:3)"}},
+		{"connection limits", strings.Replace(base, "connect_timeout 8", "connect_timeout 8\nmax_connections_per_ip 2\nmax_connections 10\nmax_connection_rate_per_ip 5", 1), nil},
 		{"removed", strings.Replace(base, "max_qos 2\n", "", 1), []string{"max_qos (old.conf:6)"}},
-		{"password_file dropped", "listener 1883 127.0.0.1\nmax_connections_per_ip 8\nlistener 8883 127.0.0.1\nallow_anonymous true\nmax_qos 2\n", []string{"password_file removed (old.conf:5)"}},
+		{"password_file dropped", "listener 1883 127.0.0.1\nconnect_timeout 8\nlistener 8883 127.0.0.1\nallow_anonymous true\nmax_qos 2\n", []string{"password_file removed (old.conf:5)"}},
 		{"TLS added", base + "certfile c\nkeyfile k\n", []string{"listener mqtts:127.0.0.1:8883 (next.conf:3)"}},
 		{"log and persistence", base + "log_type debug\npersistence false\n", []string{"persistence (next.conf:8)"}},
 	}
