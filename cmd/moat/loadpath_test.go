@@ -52,6 +52,7 @@ func TestServeAndCheckConfigRefuseAlike(t *testing.T) {
 		{"empty token file", users + "listener %PORT% 127.0.0.1\ntls acme\nacme_domain mqtt.example.com\n", map[string]string{"token": ""}, map[string]string{"CLOUDFLARE_DNS_API_TOKEN_FILE": "token"}, "CLOUDFLARE_DNS_API_TOKEN_FILE"},
 		{"no Cloudflare token", users + "listener %PORT% 127.0.0.1\ntls acme\nacme_domain mqtt.example.com\ncloudflare_credentials missing.ini\n", nil, nil, "no Cloudflare API token"},
 		{"mount point is a file", users + "persistence true\npersistence_location data\npersistence_cipher_dir cipher\npersistence_key_file key\n", map[string]string{"key": "secret\n", "data": "a file\n"}, nil, "is not a directory"},
+		{"plain store location is a file", users + "persistence true\npersistence_location data\npersistence_encryption off\n", map[string]string{"data": "a file\n"}, nil, "persistence_location"},
 		{"no users, anonymous off", "allow_anonymous false\n", nil, nil, "allow_anonymous false and no password_file"},
 		{"missing password_file", "allow_anonymous false\npassword_file nope\n", nil, nil, "password_file ("},
 		{"bad acl line", users + "acl_file acl\n", map[string]string{"acl": "topic read a/#/b\n"}, nil, "acl:1:"},

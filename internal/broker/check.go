@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 
 	"github.com/moat-mqtt/moat/internal/certs"
@@ -61,7 +62,13 @@ func checkACME(cfg *config.Config, env func(string) string) error {
 // directory as the mount would, without mounting.
 func checkPersistence(cfg *config.Config, env func(string) string) error {
 	ps := cfg.Persistence
+	if !ps.Enabled {
+		return nil
+	}
 	if !ps.Encrypted() {
+		if st, err := os.Stat(ps.Location); err == nil && !st.IsDir() {
+			return fmt.Errorf("persistence (%s): persistence_location %s is not a directory", ps.Pos, ps.Location)
+		}
 		return nil
 	}
 	err := cryptfs.Preflight(cryptfs.Options{CipherDir: ps.CipherDir, MountPoint: ps.Location, KeyFile: ps.KeyFile, ScryptN: scryptN(env)})
