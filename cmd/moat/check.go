@@ -332,7 +332,11 @@ func printStatus(io stdio, st certs.Status) {
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error:   %s (%s, %d failed attempts in a row)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339), st.Failures)
 	}
-	if !st.NextAttempt.IsZero() {
+	switch {
+	case st.NextAttempt.IsZero():
+	case st.NextAttempt.Before(time.Now()):
+		fmt.Fprintf(w, "next attempt: due since %s (a running Moat retries at its next check)\n", st.NextAttempt.Format(time.RFC3339))
+	default:
 		fmt.Fprintf(w, "next attempt: %s\n", st.NextAttempt.Format(time.RFC3339))
 	}
 }
