@@ -148,3 +148,12 @@ func TestCertStatusWithoutCertificate(t *testing.T) {
 		t.Error("the token reached the output")
 	}
 }
+
+// A file shared by several listeners is reported once, not per listener.
+func TestCheckConfigReportsSharedFileOnce(t *testing.T) {
+	_, conf, _ := cliSetup(t, "listener 1883 127.0.0.1\nlistener 1884 127.0.0.1\nlistener 1885 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file nope\n", "")
+	code, _, errOut := runCLI(t, "check-config", "-c", conf)
+	if n := strings.Count(errOut, "password_file ("); code != 1 || n != 1 {
+		t.Errorf("exit %d, %d password_file errors, want 1:\n%s", code, n, errOut)
+	}
+}

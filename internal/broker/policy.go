@@ -39,17 +39,23 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 	var sums []ScopeSummary
 	var scopes []*auth.Scope
 	var errs []error
+	failed := map[*config.Security]bool{} // report a shared scope's errors once
 	for _, l := range cfg.Listeners {
+		if failed[l.Security] {
+			continue
+		}
 		i, ok := loaded[l.Security]
 		if !ok && !l.Security.AllowAnonymous && l.Security.PasswordFile == "" {
 			// Nobody could ever connect: a configuration mistake, not a policy.
 			errs = append(errs, fmt.Errorf("listener %s (%s): allow_anonymous false and no password_file: no client could connect; add password_file FILE, or allow_anonymous true", l.ID, l.Pos))
+			failed[l.Security] = true
 			continue
 		}
 		if !ok {
 			sc, sum, err := loadScope(l.Security)
 			if err != nil {
 				errs = append(errs, err)
+				failed[l.Security] = true
 				continue
 			}
 			i = len(scopes)
