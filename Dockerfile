@@ -20,10 +20,15 @@
 # mount. It must NOT run with no-new-privileges, which disables setuid.
 # fusermount3 opens /dev/fuse as the calling user, so the device node must be
 # mode 0666 (the kernel's default; check ls -l /dev/fuse on the host).
+# It also mounts only where uid 1883 may write: with a read-only root, mount
+# an empty tmpfs at /mosquitto/data (deploy/direct/compose.yaml does).
 # Verified: uid 1883 with only CAP_SYS_ADMIN in its bounding set mounts and
 # unmounts gocryptfs this way.
 # Moat mounts for itself only (no -allow_other), so /etc/fuse.conf needs no
-# user_allow_other. Without encrypted persistence none of this is needed:
+# user_allow_other, and the mount point /mosquitto/data (and its parent) is
+# mode 0755: fusermount3 mounts as root without CAP_DAC_OVERRIDE (cap_drop
+# ALL), which fails with "Permission denied" on a 0700 directory of uid 1883.
+# A tmpfs mounted there takes that mode too. Without encrypted persistence none of this is needed:
 # run with cap_drop ALL and no-new-privileges.
 
 # ---- build -------------------------------------------------------------------
@@ -43,14 +48,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 1883 moat \
  && useradd --system --uid 1883 --gid 1883 --home-dir /var/lib/moat --no-create-home --shell /usr/sbin/nologin moat \
- && install -d -o 1883 -g 1883 -m 0750 /mosquitto /mosquitto/config /mosquitto/conf /mosquitto/log /var/lib/moat \
- && install -d -o 1883 -g 1883 -m 0700 /mosquitto/data /mosquitto/encrypted /var/lib/moat/acme \
+ && install -d -o 1883 -g 1883 -m 0750 /mosquitto/config /mosquitto/conf /mosquitto/log /var/lib/moat \
+ && install -d -o 1883 -g 1883 -m 0700 /mosquitto/encrypted /var/lib/moat/acme \
+ && install -d -o 1883 -g 1883 -m 0755 /mosquitto /mosquitto/data \
  && install -d -m 0755 /secrets
 COPY --from=build /src/bin/moat /src/bin/gocryptfs /usr/local/bin/
 
-# config (read-only is fine), ACME state, plaintext store or gocryptfs mount
-# point, gocryptfs cipher directory, logs.
-VOLUME ["/mosquitto/config", "/var/lib/moat", "/mosquitto/data", "/mosquitto/encrypted", "/mosquitto/log"]
+# config (read-only is fine), ACME state, gocryptfs cipher directory, logs.
+# /mosquitto/data is no VOLUME: with persistence_encryption gocryptfs it is
+# the mount point of the plaintext view, and Moat refuses to mount over a
+# volume (compose files mount a volume there for plain persistence, or an
+# empty tmpfs when the root is read-only).
+VOLUME ["/mosquitto/config", "/var/lib/moat", "/mosquitto/encrypted", "/mosquitto/log"]
 
 # 1883 MQTT (keep it on the container network), 8883 MQTT over TLS,
 # 8083 MQTT over secure WebSocket, 9001 plain WebSocket origin for a

@@ -7,11 +7,16 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests drive for real: mosquitto clients and broker (side-by-side
-# checks), FUSE for gocryptfs, paho for the Home Assistant imitation, Chromium for MQTT.js.
-APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt python3 chromium
+# checks), FUSE for gocryptfs, paho for the Home Assistant imitation, Chromium for MQTT.js,
+# fail2ban for the fail2ban-regex check of the documented filter,
+# podman (with runc, its network stack and debootstrap for local base images) for the
+# image and the compose stacks.
+APT_PKGS  := mosquitto mosquitto-clients fuse3 python3-paho-mqtt python3 chromium \
+	fail2ban podman runc netavark aardvark-dns iptables debootstrap
+IMAGE     ?= moat:$(VERSION)
 TEST_TIMEOUT ?= 15m
 
-.PHONY: all build run test deps vet fmt-check fuzz bench clean
+.PHONY: all build run test deps vet fmt-check fuzz bench clean image
 
 all: build
 
@@ -50,8 +55,13 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
+# The container image, with the version `moat version` reports. --format docker keeps
+# the HEALTHCHECK (podman's default OCI format drops it); docker build works the same.
+image:
+	podman build --format docker --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
 test: deps build fmt-check vet
-	MOAT_BIN=$(CURDIR)/$(BIN)/moat GOCRYPTFS_BIN=$(CURDIR)/$(BIN)/gocryptfs \
+	MOAT_BIN=$(CURDIR)/$(BIN)/moat GOCRYPTFS_BIN=$(CURDIR)/$(BIN)/gocryptfs MOAT_VERSION=$(VERSION) \
 		$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 # Short coverage-guided runs of every parser fuzz target.

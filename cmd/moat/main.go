@@ -30,6 +30,7 @@ func commands() []command {
 		{"acl", "explain an ACL decision: acl explain -c FILE [-i CLIENTID] USER read|write|subscribe TOPIC", runACL},
 		{"cert", "certificate status or forced renewal: cert status|renew -c FILE", runCert},
 		{"health", "exit 0 when the running broker is ready: health [-c FILE]", runHealth},
+		{"import", "load another broker's retained messages: import mosquitto-db -c FILE [-replace] [-n] MOSQUITTO_DB", runImport},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -27,6 +27,8 @@ Manage a mosquitto-compatible password file (flags as mosquitto_passwd 2.0).
  -U  hash every plaintext user:password line of FILE in place
 Without -b the password is asked twice; from a terminal it is not echoed,
 otherwise two lines are read from standard input. New files get mode 0600.
+FILE is rewritten in place (same inode, owner and mode, so a bind mount of it
+sees the edit); a complete copy is kept in .FILE.moat-pending until then.
 `
 
 // runPasswd is `moat passwd`: flag parsing and prompting; the file work is internal/passwd's.

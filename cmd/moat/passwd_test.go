@@ -247,3 +247,34 @@ func TestPasswdMosquittoAccepts(t *testing.T) {
 		t.Errorf("mosquitto rejected entries:\n%s", logs.String())
 	}
 }
+
+// TestPasswdDeleteBadLine: `moat passwd -D` on a file with a bad line
+// elsewhere never exits 0 while the user can still log in: Moat refuses
+// such a file and keeps the last one it loaded. It says file:line and
+// leaves the file alone.
+func TestPasswdDeleteBadLine(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "passwd")
+	h, err := passwd.Hash([]byte(secret), passwd.AlgPBKDF2, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := "alice:" + h + "\nbob\ncarol:" + h + "\n"
+	if err := os.WriteFile(file, []byte(orig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runPasswdTest(t, "", "-D", file, "alice")
+	if code == 0 || !strings.Contains(errOut, file+":2:") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant a refusal naming %s:2:", code, errOut, file)
+	}
+	if data, _ := os.ReadFile(file); string(data) != orig {
+		t.Fatalf("refused -D changed the file:\n%s", data)
+	}
+	// Fixed, the delete goes through and the file loads without alice.
+	os.WriteFile(file, []byte("alice:"+h+"\ncarol:"+h+"\n"), 0o600)
+	if code, _, errOut := runPasswdTest(t, "", "-D", file, "alice"); code != 0 || errOut != "" {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if verifies(t, file, "alice", secret) || !verifies(t, file, "carol", secret) {
+		t.Fatal("alice not deleted, or carol lost")
+	}
+}

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,6 +14,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/acl"
+	"github.com/moat-mqtt/moat/internal/logging"
+	"github.com/moat-mqtt/moat/internal/mochi"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -45,15 +46,40 @@ type Hook struct {
 	policy   atomic.Pointer[Policy]
 	verifier *passwd.Verifier
 	bans     *bans
+	quiet    *logging.Limiter // refusal lines per network
 	events   Events
 	log      *slog.Logger
 	ctx      context.Context
 
-	// ids maps a client id to the identity this hook approved for it.
-	// Keyed by id (not *Client) so a session taken over by its owner
-	// replaces the entry instead of leaking it.
+	// ids maps a client id to the identity that owns it. Keyed by id (not
+	// *Client) so a session taken over by its owner replaces the entry
+	// instead of leaking it. Claims and discards write it under mu.
 	ids sync.Map // string -> *identity
+
+	// mu serialises client-id claims: checking that no other owner holds
+	// an id and handing the id over happen as one step.
+	mu sync.Mutex
+	// approved holds identities OnConnect approved until
+	// OnConnectAuthenticate claims their client id (guarded by mu).
+	approved     map[*mqtt.Client]*identity
+	approvedMark int
+	store        atomic.Pointer[sessionStore]
 }
+
+// SessionStore is told about sessions and queued messages the hook
+// discards, so that their persistent copies go too. The store's hook
+// satisfies it.
+type SessionStore interface {
+	OnClientExpired(cl *mqtt.Client)
+	OnQosDropped(cl *mqtt.Client, pk packets.Packet)
+}
+
+type sessionStore struct{ SessionStore }
+
+// claimGrace bounds how long a claimed client id not yet attached to its
+// session (mochi attaches it right after OnConnectAuthenticate, with no
+// way out in between) keeps other owners away.
+const claimGrace = 10 * time.Second
 
 var _ mqtt.Hook = (*Hook)(nil)
 
@@ -66,6 +92,11 @@ type identity struct {
 	// owner is the connection approved; a later connection with the same
 	// id gets its own identity, which the old one's clean-up must keep.
 	owner *mqtt.Client
+	// claimed is when the client id was handed to owner (guarded by mu).
+	claimed time.Time
+	// gone is set when the owner can no longer log in at all (user
+	// removed): its session is removed once it is offline.
+	gone atomic.Bool
 	// denied counts refused PUBLISHes; deniedLogged is when one was last logged.
 	denied, deniedLogged atomic.Int64
 }
@@ -93,6 +124,18 @@ func (h *Hook) logDenied(cl *mqtt.Client, id *identity, topic string) {
 		"listener", id.listener, "topic", topic, "denied", n)
 }
 
+// sameOwner reports whether a session of cl belongs to id's owner: the
+// same username in the same authentication scope. Under
+// per_listener_settings a same-named user on another listener is someone
+// else.
+func sameOwner(p *Policy, id *identity, cl *mqtt.Client) bool {
+	return string(cl.Properties.Username) == id.client.Username && p.scope(cl.Net.Listener) == p.scope(id.listener)
+}
+
+func (id *identity) sameOwnerAs(p *Policy, o *identity) bool {
+	return id.client.Username == o.client.Username && p.scope(id.listener) == p.scope(o.listener)
+}
+
 type noEvents struct{}
 
 func (noEvents) AuthFailure(string) {}
@@ -101,7 +144,8 @@ func (noEvents) Ban()               {}
 
 // New builds the hook; add it with srv.AddHook(h, nil).
 func New(o Options) *Hook {
-	h := &Hook{srv: o.Server, verifier: o.Verifier, events: o.Events, log: o.Logger, ctx: o.Context}
+	h := &Hook{srv: o.Server, verifier: o.Verifier, events: o.Events, log: o.Logger, ctx: o.Context,
+		approved: map[*mqtt.Client]*identity{}}
 	if h.events == nil {
 		h.events = noEvents{}
 	}
@@ -119,9 +163,21 @@ func New(o Options) *Hook {
 		now = time.Now
 	}
 	h.bans = newBans(o.Bans, now)
+	h.quiet = logging.NewLimiter(h.log, logging.LimitOptions{
+		Burst: refusalLogBurst, Window: refusalLogWindow,
+		Message: "repeated refusals not logged", KeyAttr: "network", Now: now,
+	})
 	h.policy.Store(o.Policy)
 	return h
 }
+
+// Refusals that do not count towards a ban (a banned client retrying, a
+// refused keepalive) are logged at most refusalLogBurst times per network
+// in each refusalLogWindow, then summarised.
+const (
+	refusalLogBurst  = 5
+	refusalLogWindow = 10 * time.Second
+)
 
 // ID implements mqtt.Hook.
 func (h *Hook) ID() string { return "moat-auth" }
@@ -130,7 +186,8 @@ func (h *Hook) ID() string { return "moat-auth" }
 func (h *Hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish,
-		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill, mqtt.OnPacketRead, mqtt.OnSubscribed:
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWill, mqtt.OnPacketRead, mqtt.OnSubscribed,
+		mqtt.OnSessionEstablish:
 		return true
 	}
 	return false
@@ -172,21 +229,37 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	ip := remoteIP(cl)
 	user := string(cl.Properties.Username)
 	hasUser := pk.Connect.UsernameFlag
-	logAttrs := func(reason string) []any {
-		return []any{"user", user, "ip", ip, "listener", cl.Net.Listener, "client", cl.ID, "reason", reason}
+	known := false
+	if hasUser && sc.Passwd != nil {
+		_, known = sc.Passwd.Fingerprint(user)
 	}
-	fail := func(r refusal, metricReason string, counts bool) error {
+	at := h.bans.attempt(user, hasUser, known, ip)
+	// The address comes first, before anything the client chose, so a
+	// fail2ban regex anchored on the message cannot be steered.
+	logAttrs := func(reason string) []any {
+		return []any{"ip", ip, "user", user, "listener", cl.Net.Listener, "client", cl.ID, "reason", reason}
+	}
+	// refused answers and logs a refusal. Failures that count towards a
+	// ban are bounded by the ban and always logged (fail2ban counts
+	// them); repeated refusals that do not count are rate-limited per
+	// network.
+	refused := func(r refusal, metricReason string, counted, banStarted bool) error {
 		h.events.AuthFailure(metricReason)
-		if counts && h.bans.fail(user, ip) {
+		if banStarted {
 			h.events.Ban()
-			h.log.Warn("ban started", logAttrs(metricReason)...)
+			h.log.Warn("ban started", append(logAttrs(metricReason), "network", at.network)...)
 		}
-		h.log.Warn("authentication failed", logAttrs(metricReason)...)
+		if counted || h.quiet.Allow(at.network) {
+			h.log.Warn("authentication failed", logAttrs(metricReason)...)
+		}
 		h.refuse(cl, r)
 		return errRefused
 	}
+	fail := func(r refusal, metricReason string, counts bool) error {
+		return refused(r, metricReason, counts, counts && h.bans.fail(at))
+	}
 
-	if h.bans.banned(user, ip) {
+	if h.bans.banned(at) {
 		return fail(refuseBanned, "banned", false)
 	}
 	if err := h.capKeepalive(cl, p); err != nil {
@@ -207,13 +280,24 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if !pk.Connect.PasswordFlag {
 			return fail(refuseAuth, "no_password", true)
 		}
-		ok, err := h.verifier.Verify(h.ctx, sc.Passwd, user, pk.Connect.Password)
-		if err != nil {
-			h.refuse(cl, refusal{v3: 3, v5: 0x88, reason: "server unavailable"})
-			return err
-		}
-		if !ok {
-			return fail(refuseAuth, "bad_credentials", true)
+		// A password remembered as good costs no hash and takes no slot;
+		// everything else is charged before it is hashed.
+		if !h.verifier.Remembered(sc.Passwd, user, pk.Connect.Password) {
+			switch h.bans.begin(&at) {
+			case refusedBanned:
+				return fail(refuseBanned, "banned", false)
+			case refusedBusy:
+				return fail(refuseBanned, "busy", false)
+			}
+			ok, err := h.verifier.Verify(h.ctx, sc.Passwd, user, pk.Connect.Password)
+			started := h.bans.end(at, err == nil && !ok)
+			if err != nil {
+				h.refuse(cl, refusal{v3: 3, v5: 0x88, reason: "server unavailable"})
+				return err
+			}
+			if !ok {
+				return refused(refuseAuth, "bad_credentials", true, started)
+			}
 		}
 		fingerprint, _ = sc.Passwd.Fingerprint(user)
 	}
@@ -234,8 +318,9 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return fail(refuseClientID, "unsafe_client_id", false)
 	}
 	// mochi hands an existing session (and its queued messages) to any
-	// client presenting the same id (#398): only its owner may take it.
-	if old, ok := h.srv.Clients.Get(cl.ID); ok && !bytes.Equal(old.Properties.Username, cl.Properties.Username) {
+	// client presenting the same id (#398): a live session of another
+	// owner refuses the newcomer (OnConnectAuthenticate decides for good).
+	if h.heldByOther(p, id) {
 		return fail(refuseClientID, "client_id_in_use", false)
 	}
 	// mochi neither checks nor filters the Will topic (#503).
@@ -245,8 +330,8 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return fail(refuseAuth, "will_denied", false)
 		}
 	}
-	h.bans.succeed(user, ip)
-	h.ids.Store(cl.ID, id)
+	h.bans.succeed(at)
+	h.approve(cl, id)
 	return nil
 }
 
@@ -277,18 +362,184 @@ func (h *Hook) refuse(cl *mqtt.Client, r refusal) {
 	_ = h.srv.SendConnack(cl, code, false, nil)
 }
 
-// OnConnectAuthenticate allows only clients OnConnect approved just now.
-func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
-	v, ok := h.ids.Load(cl.ID)
-	return ok && v.(*identity).owner == cl && !v.(*identity).revoked.Load()
+func (h *Hook) approve(cl *mqtt.Client, id *identity) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.approved) >= h.approvedMark {
+		// An approval a later hook refused never reaches
+		// OnConnectAuthenticate; its connection is closed by then.
+		for c := range h.approved {
+			if c.Closed() {
+				delete(h.approved, c)
+			}
+		}
+		h.approvedMark = 2*len(h.approved) + 64
+	}
+	h.approved[cl] = id
 }
 
+// OnConnectAuthenticate allows only clients OnConnect approved, and claims
+// their client id. It runs after every hook's OnConnect, and mochi attaches
+// the session right after it with no way out in between, so a claimed id
+// is always attached: of two simultaneous CONNECTs of different owners for
+// one id, exactly one gets it and the other is refused.
+func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	id, claimed := h.claim(cl)
+	if id == nil || claimed {
+		return claimed
+	}
+	h.events.AuthFailure("client_id_in_use")
+	// The address first, as in OnConnect's lines (fail2ban).
+	h.log.Warn("authentication failed", "ip", remoteIP(cl), "user", id.client.Username,
+		"listener", cl.Net.Listener, "client", cl.ID, "reason", "client_id_in_use")
+	h.refuse(cl, refuseClientID)
+	// Closed, so mochi's own refusal CONNACK is not written after ours.
+	cl.Stop(errRefused)
+	return false
+}
+
+// claim hands cl's client id to the identity OnConnect approved for it,
+// unless another owner holds the id; id is nil when nothing was approved.
+func (h *Hook) claim(cl *mqtt.Client) (id *identity, claimed bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	id, ok := h.approved[cl]
+	delete(h.approved, cl)
+	if !ok || id.revoked.Load() {
+		return nil, false
+	}
+	p := h.policy.Load()
+	if !stillValid(p.scope(id.listener), id) {
+		// A reload changed the credentials since they were verified.
+		return nil, false
+	}
+	if h.conflictLocked(p, id) {
+		return id, false
+	}
+	if ex, ok := h.srv.Clients.Get(cl.ID); ok && ex != cl && !sameOwner(p, id, ex) {
+		// Offline (conflictLocked refuses live ones): the newcomer gets a
+		// fresh session; mochi would hand this one over.
+		h.discardLocked(ex, "client id taken by another owner")
+	}
+	id.claimed = time.Now()
+	h.ids.Store(cl.ID, id)
+	return id, true
+}
+
+// heldByOther reports whether another owner's live session, or a claim
+// about to become one, holds id's client id.
+func (h *Hook) heldByOther(p *Policy, id *identity) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.conflictLocked(p, id)
+}
+
+func (h *Hook) conflictLocked(p *Policy, id *identity) bool {
+	cid := id.client.ClientID
+	ex, attached := h.srv.Clients.Get(cid)
+	if attached && !ex.Closed() && !sameOwner(p, id, ex) {
+		return true
+	}
+	if v, ok := h.ids.Load(cid); ok {
+		cur := v.(*identity)
+		pending := (!attached || ex != cur.owner) && time.Since(cur.claimed) < claimGrace
+		if pending && !cur.sameOwnerAs(p, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// discardLocked removes a session with its subscriptions and queued
+// messages, in memory and in the store.
+func (h *Hook) discardLocked(cl *mqtt.Client, why string) {
+	h.srv.UnsubscribeClient(cl)
+	cl.ClearInflights()
+	if cur, ok := h.srv.Clients.Get(cl.ID); ok && cur == cl {
+		h.srv.Clients.Delete(cl.ID)
+	}
+	if v, ok := h.ids.Load(cl.ID); ok && v.(*identity).owner == cl {
+		h.ids.CompareAndDelete(cl.ID, v)
+	}
+	if st := h.store.Load(); st != nil {
+		st.OnClientExpired(cl)
+	}
+	h.log.Info("session discarded", "client", cl.ID, "user", string(cl.Properties.Username),
+		"listener", cl.Net.Listener, "reason", why)
+}
+
+// SetSessionStore names the store whose copies of discarded sessions and
+// messages must go too; call it before Serve.
+func (h *Hook) SetSessionStore(st SessionStore) { h.store.Store(&sessionStore{st}) }
+
+// OnSessionEstablish runs just before mochi hands the existing session of
+// the client id to the new connection and resends its queued messages
+// without asking the ACL: those the owner may no longer read go first.
+func (h *Hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	v, ok := h.ids.Load(cl.ID)
+	if !ok || v.(*identity).owner != cl {
+		return
+	}
+	id := v.(*identity)
+	p := h.policy.Load()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ex, ok := h.srv.Clients.Get(cl.ID)
+	if !ok || ex == cl {
+		return
+	}
+	if !sameOwner(p, id, ex) {
+		// claim refused live ones and discarded offline ones: this cannot
+		// happen, but if it did, the session must still not be handed over.
+		h.discardLocked(ex, "client id taken by another owner")
+		return
+	}
+	h.dropUnreadable(p, id, ex)
+}
+
+// dropUnreadable removes the queued and in-flight deliveries of cl that
+// id may not read under p, and returns how many.
+func (h *Hook) dropUnreadable(p *Policy, id *identity, cl *mqtt.Client) int {
+	sc := p.scope(id.listener)
+	n := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish || sc.canRead(&id.client, pk.TopicName) {
+			continue
+		}
+		if h.dropInflight(cl, pk) {
+			h.events.ACLDenied("read")
+			n++
+		}
+	}
+	if n > 0 {
+		h.log.Info("queued messages dropped: no longer readable", "client", cl.ID, "user", id.client.Username, "count", n)
+	}
+	return n
+}
+
+func (h *Hook) dropInflight(cl *mqtt.Client, pk packets.Packet) bool {
+	if !cl.State.Inflight.Delete(pk.PacketID) {
+		return false
+	}
+	atomic.AddInt64(&h.srv.Info.Inflight, -1)
+	if st := h.store.Load(); st != nil {
+		st.OnQosDropped(cl, pk)
+	}
+	return true
+}
+
+// identity is the owner cl acts for; nil when cl's session no longer
+// belongs to the owner of its client id.
 func (h *Hook) identity(cl *mqtt.Client) *identity {
 	v, ok := h.ids.Load(cl.ID)
 	if !ok {
 		return h.restoredIdentity(cl)
 	}
-	return v.(*identity)
+	id := v.(*identity)
+	if id.owner != cl && !sameOwner(h.policy.Load(), id, cl) {
+		return nil
+	}
+	return id
 }
 
 // restoredIdentity admits a persistent session restored from the store
@@ -322,7 +573,10 @@ func (h *Hook) restoredIdentity(cl *mqtt.Client) *identity {
 		return nil
 	}
 	if v, loaded := h.ids.LoadOrStore(cl.ID, id); loaded {
-		return v.(*identity)
+		if o := v.(*identity); o.owner == cl || sameOwner(h.policy.Load(), o, cl) {
+			return o
+		}
+		return nil
 	}
 	return id
 }
@@ -375,14 +629,7 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		return pk, nil
 	}
 	h.events.ACLDenied("write")
-	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
-	if cl.Properties.ProtocolVersion == 5 {
-		ack.ReasonCode = packets.ErrNotAuthorized.Code
-	}
-	_ = cl.WritePacket(ack)
+	_ = mochi.WriteAck(cl, pk, packets.ErrNotAuthorized.Code)
 	return pk, nil
 }
 
@@ -430,11 +677,7 @@ func (h *Hook) deny(cl *mqtt.Client, pk packets.Packet, code packets.Code) error
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 2 {
 		// mochi answers an OnPublish error with a PUBACK even at QoS 2,
 		// which the client cannot match: send the PUBREC here, and drop.
-		_ = cl.WritePacket(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-			PacketID:    pk.PacketID,
-			ReasonCode:  code.Code,
-		})
+		_ = mochi.WriteAck(cl, pk, code.Code)
 		return packets.ErrRejectPacket
 	}
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
@@ -457,10 +700,20 @@ func (h *Hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 }
 
 // OnDisconnect forgets a clean session's identity; a persistent session
-// keeps it so queued messages are still checked against its owner.
+// keeps it so queued messages are still checked against its owner, unless
+// its user was removed: then the session goes.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if expire && !cl.IsTakenOver() {
+	if cl.IsTakenOver() {
+		return
+	}
+	if expire {
 		h.forget(cl)
+		return
+	}
+	if v, ok := h.ids.Load(cl.ID); ok && v.(*identity).owner == cl && v.(*identity).gone.Load() {
+		h.mu.Lock()
+		h.discardLocked(cl, "user removed")
+		h.mu.Unlock()
 	}
 }
 
@@ -468,6 +721,8 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.forget(cl) }
 
 func (h *Hook) forget(cl *mqtt.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if v, ok := h.ids.Load(cl.ID); ok && v.(*identity).owner == cl {
 		h.ids.CompareAndDelete(cl.ID, v)
 	}
@@ -477,18 +732,33 @@ func (h *Hook) forget(cl *mqtt.Client) {
 // clients whose credentials no longer hold: a changed or removed password
 // entry, anonymous access withdrawn, or a name the new ACL finds unsafe.
 // New ACLs apply to live subscriptions immediately, since every delivery
-// is checked against the policy in force. It returns how many clients
-// were disconnected.
+// is checked against the policy in force; queued messages the new ACL
+// forbids are dropped, and the sessions of users who can no longer log
+// in (removed from the password file, anonymous access withdrawn) are
+// removed. It returns how many clients were disconnected.
 func (h *Hook) Swap(p *Policy) int {
 	h.policy.Store(p)
 	n := 0
 	for _, cl := range h.srv.Clients.GetAll() {
 		id := h.identity(cl)
-		if id == nil || stillValid(p.scope(id.listener), id) {
+		if cl.Closed() {
+			if id != nil && !stillValid(p.scope(id.listener), id) {
+				id.revoked.Store(true)
+			}
+			h.reviewOffline(p, cl)
 			continue
 		}
+		if id == nil {
+			continue
+		}
+		if stillValid(p.scope(id.listener), id) {
+			h.dropUnreadable(p, id, cl)
+			continue
+		}
+		id.gone.Store(!admissible(p, cl))
 		id.revoked.Store(true)
 		if cl.Closed() {
+			h.reviewOffline(p, cl)
 			continue
 		}
 		h.log.Info("credentials no longer valid after reload: disconnecting", "user", id.client.Username, "client", cl.ID, "ip", remoteIP(cl))
@@ -496,6 +766,51 @@ func (h *Hook) Swap(p *Policy) int {
 		n++
 	}
 	return n
+}
+
+// PruneSessions applies the policy in force to the offline sessions mochi
+// holds (those restored from the store at start-up): sessions whose owner
+// can no longer log in are removed, queued messages it may no longer read
+// are dropped.
+func (h *Hook) PruneSessions() {
+	p := h.policy.Load()
+	for _, cl := range h.srv.Clients.GetAll() {
+		if cl.Closed() {
+			h.reviewOffline(p, cl)
+		}
+	}
+}
+
+func (h *Hook) reviewOffline(p *Policy, cl *mqtt.Client) {
+	if !admissible(p, cl) {
+		h.mu.Lock()
+		h.discardLocked(cl, "user removed")
+		h.mu.Unlock()
+		return
+	}
+	user := string(cl.Properties.Username)
+	id := &identity{client: acl.Client{Username: user, HasUsername: user != "", ClientID: cl.ID}, listener: cl.Net.Listener}
+	h.dropUnreadable(p, id, cl)
+}
+
+// admissible reports whether the owner of cl's session could still log in
+// under p: its user is in the password file of the session's scope (or
+// anonymous access is allowed there) and its names are safe.
+func admissible(p *Policy, cl *mqtt.Client) bool {
+	sc := p.scope(cl.Net.Listener)
+	user := string(cl.Properties.Username)
+	c := acl.Client{Username: user, HasUsername: user != "", ClientID: cl.ID}
+	if badUser, badID := sc.unsafeIdentity(&c); badUser || badID {
+		return false
+	}
+	if !c.HasUsername {
+		return sc.AllowAnonymous
+	}
+	if sc.Passwd == nil {
+		return false
+	}
+	_, ok := sc.Passwd.Fingerprint(user)
+	return ok
 }
 
 func stillValid(sc *Scope, id *identity) bool {

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"log/slog"
+	"net"
 	"testing"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -53,15 +54,22 @@ func BenchmarkDeliveryCheck(b *testing.B) {
 func TestOldSessionCleanupKeepsNewIdentity(t *testing.T) {
 	rules, _, _ := acl.Parse("acl", []byte("pattern readwrite %u/#\n"))
 	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
-	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules}}})
-	old := srv.NewClient(nil, "l1", "same-id", false)
-	cur := srv.NewClient(nil, "l1", "same-id", false)
+	h := New(Options{Server: srv, Policy: &Policy{Default: &Scope{ACL: rules, Passwd: testPasswd(t, "alice")}}})
+	// Connected clients: a session without a connection is a restored one.
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	old := srv.NewClient(c1, "l1", "same-id", false)
+	cur := srv.NewClient(c2, "l1", "same-id", false)
 	for _, cl := range []*mqtt.Client{old, cur} {
 		cl.Properties.Username = []byte("alice")
 	}
-	h.ids.Store("same-id", &identity{client: acl.Client{Username: "alice", HasUsername: true, ClientID: "same-id"}, listener: "l1", owner: cur})
+	h.approve(cur, testIdentity(t, h, "alice", "same-id", "l1", cur))
+	if !h.OnConnectAuthenticate(cur, packets.Packet{}) {
+		t.Fatal("approved connection refused")
+	}
 	h.OnDisconnect(old, nil, true)
-	if !h.OnACLCheck(cur, "alice/x", true) || !h.OnConnectAuthenticate(cur, packets.Packet{}) {
+	if !h.OnACLCheck(cur, "alice/x", true) {
 		t.Fatal("the old connection's clean-up removed the new connection's identity")
 	}
 	if h.OnConnectAuthenticate(old, packets.Packet{}) {

@@ -27,6 +27,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/listen"
 	"github.com/moat-mqtt/moat/internal/metrics"
+	"github.com/moat-mqtt/moat/internal/mochi"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
@@ -60,7 +61,7 @@ type Broker struct {
 
 	ctx       context.Context
 	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	run       group     // every background goroutine
 	closeOnce sync.Once // mochi panics on a second Close
 
 	load func() (*config.Config, error)
@@ -91,6 +92,9 @@ func New(o Options) (*Broker, error) {
 	env := o.Env
 	if env == nil {
 		env = func(string) string { return "" }
+	}
+	if err := checkUsers(cfg); err != nil {
+		return nil, err
 	}
 	policy, sums, err := LoadPolicy(cfg)
 	if err != nil {
@@ -125,14 +129,19 @@ func New(o Options) (*Broker, error) {
 		Logger:                 log.With("component", "mqtt"),
 		SysTopicResendInterval: int64(max(cfg.SysInterval/time.Second, 1)),
 	})
+	if err := mochi.Verify(b.srv); err != nil {
+		return nil, err
+	}
 	b.auth = auth.New(auth.Options{
 		Server:   b.srv,
 		Policy:   policy,
 		Verifier: passwd.NewVerifier(2, 8192),
 		Bans: auth.BanOptions{
-			Threshold: cfg.Abuse.BanThreshold,
-			Base:      cfg.Abuse.BanBase,
-			Max:       cfg.Abuse.BanMax,
+			Threshold:  cfg.Abuse.BanThreshold,
+			Base:       cfg.Abuse.BanBase,
+			Max:        cfg.Abuse.BanMax,
+			IPv4Prefix: cfg.Abuse.BanIPv4Prefix,
+			IPv6Prefix: cfg.Abuse.BanIPv6Prefix,
 		},
 		Events:  b.met,
 		Logger:  log.With("component", "auth"),
@@ -143,21 +152,27 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("auth hook: %w", err)
 	}
+	if err := b.srv.AddHook(b.auth.DeliveryGuard(), nil); err != nil {
+		return nil, fmt.Errorf("delivery guard hook: %w", err)
+	}
 	if err := b.srv.AddHook(metrics.NewHook(b.met, metrics.RetainedCount(b.srv)), nil); err != nil {
 		return nil, fmt.Errorf("metrics hook: %w", err)
 	}
-	if err := stopRetainedSweep(b.srv); err != nil {
+	if err := mochi.StopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	// Always added: connection_messages can be turned on by a reload.
 	if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt"), on: &b.connMessages}, nil); err != nil {
 		return nil, fmt.Errorf("connection log hook: %w", err)
 	}
-	if err := b.srv.AddHook(&packetIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.PacketIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("packet id hook: %w", err)
 	}
-	if err := b.srv.AddHook(&subIDs{}, nil); err != nil {
+	if err := b.srv.AddHook(&mochi.SubscriptionIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("subscription identifier hook: %w", err)
+	}
+	if err := b.srv.AddHook(&mochi.Wire{}, nil); err != nil {
+		return nil, fmt.Errorf("wire hook: %w", err)
 	}
 	b.expiry = &retainedExpiry{srv: b.srv}
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
@@ -198,6 +213,9 @@ func capabilities(cfg *config.Config) *mqtt.Capabilities {
 		c.MaximumSessionExpiryInterval = uint32(min(d/time.Second, 1<<32-1))
 	}
 	c.MinimumProtocolVersion = 3
+	// An ack echoing the PUBLISH's user properties would reflect whatever
+	// a client sends back at it.
+	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
 }
 
@@ -215,11 +233,7 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.expiry.loadRestored()
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.expiry.run(b.ctx)
-	}()
+	b.run.goNamed("retained expiry", func() { b.expiry.run(b.ctx) })
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {
 			b.pending = append(b.pending, l)
@@ -346,11 +360,31 @@ func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 		if cl.Net.Conn != conn {
 			continue
 		}
+		// mochi's own end-of-session step did not run. A persistent
+		// session stays, offline, with its subscriptions and its in-flight
+		// and queued messages, as after any abnormal disconnect; only a
+		// clean one is removed.
+		cl.Stop(errSessionPanicked)
+		if persistentSession(cl) {
+			b.log.Error("client session panicked; its persistent session is kept", "client", cl.ID, "remote", remote)
+			continue
+		}
 		b.srv.UnsubscribeClient(cl)
 		cl.ClearInflights()
 		b.srv.Clients.Delete(cl.ID)
 		b.log.Error("client session panicked and was removed", "client", cl.ID, "remote", remote)
 	}
+}
+
+var errSessionPanicked = errors.New("session panicked")
+
+// persistentSession is mochi's rule for a session that outlives its
+// connection.
+func persistentSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }
 
 func (b *Broker) startAdmin() error {
@@ -389,26 +423,18 @@ func (b *Broker) startAdmin() error {
 // policy, certificate sources and settings) and apply (end sessions that
 // lost their rights). Only the first two can fail, and a failure changes
 // nothing: the previous configuration stays in force.
-func (b *Broker) Reload() error {
+func (b *Broker) Reload() error { return b.reload(nil) }
+
+// reload is Reload; a non-nil stable is asked after the files were read
+// and before they are put in force (see watchFiles).
+func (b *Broker) reload(stable func() bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	refused := func(err error) error { return fmt.Errorf("reload refused, previous configuration kept: %w", err) }
-	cfg := b.live
-	if b.load != nil {
-		next, err := b.load()
-		if err != nil {
-			return refused(err)
-		}
-		if r := config.RestartRequired(b.live, next); len(r) > 0 {
-			return refused(errors.New("restart required: " + strings.Join(r, "; restart required: ")))
-		}
-		cfg = next
+	cfg, policy, sums, fresh, err := b.loadReload()
+	if stable != nil && !stable() {
+		return errChangedDuringLoad
 	}
-	policy, sums, err := LoadPolicy(cfg)
-	if err != nil {
-		return refused(err)
-	}
-	fresh, err := b.changedCertFiles(cfg)
 	if err != nil {
 		return refused(err)
 	}
@@ -446,6 +472,35 @@ func (b *Broker) Reload() error {
 	return nil
 }
 
+// loadReload is a reload's validate and diff steps: the configuration read
+// again (when it has a file), what only a restart can change, the policy
+// files and changed certificate files. It changes nothing.
+func (b *Broker) loadReload() (*config.Config, *auth.Policy, []ScopeSummary, map[string]*certs.FileSource, error) {
+	cfg := b.live
+	if b.load != nil {
+		next, err := b.load()
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if r := config.RestartRequired(b.live, next); len(r) > 0 {
+			return nil, nil, nil, nil, errors.New("restart required: " + strings.Join(r, "; restart required: "))
+		}
+		cfg = next
+	}
+	if err := checkUsers(cfg); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	policy, sums, err := LoadPolicy(cfg)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	fresh, err := b.changedCertFiles(cfg)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return cfg, policy, sums, fresh, nil
+}
+
 // Close stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B),
 // flushes and closes the store, unmounts it, and stops the admin listener.
 func (b *Broker) Close(ctx context.Context) error {
@@ -460,7 +515,10 @@ func (b *Broker) close(ctx context.Context) error {
 	if b.srv != nil {
 		_ = b.srv.Close()
 	}
-	b.wg.Wait()
+	if err := b.run.wait(ctx); err != nil {
+		errs = append(errs, err)
+		b.log.Error("stop did not finish in time", "error", err)
+	}
 	if b.persist != nil {
 		errs = append(errs, b.persist.close())
 	}

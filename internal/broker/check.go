@@ -24,7 +24,7 @@ func Check(cfg *config.Config, env func(string) string) ([]ScopeSummary, error) 
 	}
 	_, sums, err := LoadPolicy(cfg)
 	_, cerr := loadCertFiles(cfg, slog.New(slog.DiscardHandler))
-	return sums, errors.Join(err, cerr, checkACME(cfg, env), checkPersistence(cfg, env))
+	return sums, errors.Join(checkUsers(cfg), err, cerr, checkACME(cfg, env), checkPersistence(cfg, env))
 }
 
 // logSettingsChanged reports a change of log_dest, log_type or log_format.

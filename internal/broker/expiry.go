@@ -3,12 +3,9 @@ package broker
 import (
 	"container/heap"
 	"context"
-	"errors"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -19,24 +16,6 @@ import (
 // stalls of seconds at 1M). Moat stops that ticker and expires retained
 // messages itself from a heap holding only the messages that carry an
 // MQTT 5 expiry, so the cost follows what expires, not what is retained.
-
-// stopRetainedSweep stops mochi's per-second retained sweep. mochi v2.7.9
-// keeps the ticker in an unexported field; the pinned version is checked by
-// a test, and a layout change fails loudly here instead of silently
-// leaving the sweep running.
-func stopRetainedSweep(srv *mqtt.Server) error {
-	loop := reflect.ValueOf(srv).Elem().FieldByName("loop")
-	if !loop.IsValid() || loop.Kind() != reflect.Pointer || loop.IsNil() {
-		return errors.New("mochi server has no event loop field")
-	}
-	f := loop.Elem().FieldByName("retainedExpiry")
-	if !f.IsValid() || f.Type() != reflect.TypeOf((*time.Ticker)(nil)) {
-		return errors.New("mochi event loop has no retainedExpiry ticker")
-	}
-	t := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*time.Ticker)
-	t.Stop()
-	return nil
-}
 
 // retainedExpiry is a hook that remembers retained messages with an
 // expiry and deletes them when it passes.

@@ -9,6 +9,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mochi"
 )
 
 func retained(topic string, expiry int64) packets.Packet {
@@ -19,13 +21,6 @@ func retained(topic string, expiry int64) packets.Packet {
 		Created:         time.Now().Unix(),
 		Expiry:          expiry,
 		ProtocolVersion: 5,
-	}
-}
-
-func TestStopRetainedSweepOnPinnedMochi(t *testing.T) {
-	srv := mqtt.New(&mqtt.Options{})
-	if err := stopRetainedSweep(srv); err != nil {
-		t.Fatalf("mochi's layout changed: %v", err)
 	}
 }
 
@@ -64,7 +59,7 @@ func BenchmarkIdleRetained(b *testing.B) {
 				srv.Topics.RetainMessage(retained(fmt.Sprintf("user%d/dev/%d", i%1000, i), 0))
 			}
 			if moat {
-				if err := stopRetainedSweep(srv); err != nil {
+				if err := mochi.StopRetainedSweep(srv); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -45,6 +45,8 @@ type setup struct {
 	conf string
 	// anonymous sets allow_anonymous.
 	anonymous bool
+	// logFormat is log_format ("" : text).
+	logFormat string
 }
 
 // testBroker is a running broker and the files it was built from.
@@ -156,13 +158,29 @@ func startBroker(t testing.TB, s setup) *testBroker {
 	t.Helper()
 	dir := t.TempDir()
 	conf, pw, aclPath := writeSetup(t, dir, s)
+	tb := startConfFormat(t, dir, conf, listenerID, s.logFormat)
+	tb.passwd, tb.acl = pw, aclPath
+	return tb
+}
+
+// startConf starts a broker from a configuration file already in dir
+// (for layouts writeSetup cannot express). listener is the id whose
+// address becomes tb.addr.
+func startConf(t testing.TB, dir, conf, listener string) *testBroker {
+	t.Helper()
+	return startConfFormat(t, dir, conf, listener, "")
+}
+
+// startConfFormat is startConf logging in format ("" for text).
+func startConfFormat(t testing.TB, dir, conf, listener, format string) *testBroker {
+	t.Helper()
 	cfg, err := config.Load(conf, nil)
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	logs := &logBuffer{}
 	// Moat's own logging pipeline (with its redaction), at debug level.
-	lg, err := logging.New(logging.Options{Types: map[string]bool{"all": true}, Stderr: logs})
+	lg, err := logging.New(logging.Options{Format: format, Types: map[string]bool{"all": true}, Stderr: logs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +196,11 @@ func startBroker(t testing.TB, s setup) *testBroker {
 		defer cancel()
 		_ = b.Close(ctx)
 	})
-	a := b.Addr(listenerID)
+	a := b.Addr(listener)
 	if a == nil {
-		t.Fatalf("no listener %s", listenerID)
+		t.Fatalf("no listener %s", listener)
 	}
-	return &testBroker{t: t, dir: dir, conf: conf, passwd: pw, acl: aclPath, b: b, addr: a.String(), logs: logs}
+	return &testBroker{t: t, dir: dir, conf: conf, b: b, addr: a.String(), logs: logs}
 }
 
 // ---- raw MQTT clients (internal/mqtttest), bound to the test ----

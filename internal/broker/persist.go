@@ -18,12 +18,13 @@ type persistence struct {
 	b     *Broker
 	mount *cryptfs.Mount // nil with persistence_encryption off
 	root  *os.Root
-	// lost is set once the mount died: even after a remount the store's
-	// files stay on the dead mount, so Moat is unready until restarted.
+	// lost is set from the mount's death until the store is open again on
+	// the new mount: the old store's files stay on the dead one.
 	lost atomic.Bool
 
 	mu    sync.Mutex
 	store *store.Store
+	hook  *store.Hook // registered once; switched to a re-opened store
 }
 
 // startPersistence mounts the encrypted directory, opens the store only
@@ -69,11 +70,7 @@ func (b *Broker) startPersistence() error {
 	}
 	b.persist = p
 	if p.mount != nil {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			p.supervise(b.ctx)
-		}()
+		b.run.goNamed("persistence supervisor", func() { p.supervise(b.ctx) })
 	}
 	return nil
 }
@@ -109,40 +106,88 @@ func (p *persistence) open() error {
 		return fmt.Errorf("persistence: %w", err)
 	}
 	b.expiry.onExpired = hook.OnRetainedExpired
+	// Restored sessions meet the files in force: those of removed users
+	// go, and so do queued messages their owner may no longer read.
+	if b.auth != nil { // nil for a tool's offline store (moat import)
+		b.auth.SetSessionStore(hook)
+		b.auth.PruneSessions()
+	}
 	p.mu.Lock()
-	p.store = st
+	p.store, p.hook = st, hook
 	p.mu.Unlock()
 	b.log.Info("store restored", "retained", stats.Retained, "sessions", stats.Clients,
 		"subscriptions", stats.Subscriptions, "inflight", stats.Inflight, "expired", stats.Expired, "took", stats.Duration)
 	return nil
 }
 
-// supervise reports a dead mount. The store keeps its files open through
-// the old mount, so every write fails from then on and nothing is
-// acknowledged; Moat stays unready until restarted, and says so.
+// supervise watches the mount. When gocryptfs dies, the store's open
+// files fail from then on, so nothing is acknowledged; supervise remounts,
+// opens the store again on the new mount, writes mochi's state into it
+// (what was refused meanwhile was never acknowledged; everything else is
+// in memory) and makes Moat ready again, without a restart.
 func (p *persistence) supervise(ctx context.Context) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-p.mount.Dead():
-	}
-	p.lost.Store(true)
-	p.b.met.MountState(false)
-	p.b.log.Error("encrypted persistence mount died: retained writes are refused until Moat restarts")
-	// Remount so the next start finds a clean mount point; the running
-	// store's handles stay on the dead mount and keep failing closed.
-	for delay := time.Second; ctx.Err() == nil; delay = min(delay*2, time.Minute) {
-		err := p.mount.Remount(ctx)
-		if err == nil {
-			p.b.log.Warn("encrypted persistence remounted; restart Moat to resume persistence")
-			return
-		}
-		p.b.log.Error("remount failed", "error", err)
+	for {
 		select {
 		case <-ctx.Done():
-		case <-time.After(delay):
+			return
+		case <-p.mount.Dead():
 		}
+		p.lost.Store(true)
+		p.b.met.MountState(false)
+		p.b.log.Error("encrypted persistence mount died: retained and queued writes are refused until it is back")
+		for delay := time.Second; ; delay = min(delay*2, time.Minute) {
+			err := p.mount.Remount(ctx)
+			if err == nil {
+				err = p.reopen()
+			}
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			p.b.log.Error("persistence not back yet", "error", err, "retry_in", delay)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+		}
+		p.lost.Store(false)
+		p.b.met.MountState(true)
+		p.b.log.Warn("encrypted persistence remounted and the store re-opened; persistence resumed")
 	}
+}
+
+// reopen opens the store on the remounted volume and hands it the
+// broker's current state; the old store, on the dead mount, is closed.
+func (p *persistence) reopen() error {
+	b := p.b
+	st, err := store.Open(store.Options{
+		Root:     p.mount.Root(),
+		File:     b.cfg.Persistence.File,
+		Logger:   b.log.With("component", "store"),
+		OnCommit: b.met.StoreCommit,
+	})
+	if err != nil {
+		return fmt.Errorf("re-open store: %w", err)
+	}
+	p.mu.Lock()
+	old, hook := p.store, p.hook
+	p.mu.Unlock()
+	hook.Switch(st)
+	if _, err := st.Adopt(b.srv); err != nil {
+		hook.Switch(old)
+		st.Close()
+		return fmt.Errorf("rewrite store: %w", err)
+	}
+	p.mu.Lock()
+	p.store = st
+	p.mu.Unlock()
+	if err := old.Close(); err != nil {
+		b.log.Debug("closing the store on the dead mount", "error", err)
+	}
+	return nil
 }
 
 func (p *persistence) check(context.Context) error {
@@ -156,7 +201,7 @@ func (p *persistence) check(context.Context) error {
 		return fmt.Errorf("store: %w", err)
 	}
 	if p.lost.Load() {
-		return errors.New("store: the encrypted mount died under the open store; restart Moat to resume persistence")
+		return errors.New("store: the encrypted mount died; remounting and re-opening the store")
 	}
 	if p.mount != nil {
 		if err := p.mount.Check(); err != nil {

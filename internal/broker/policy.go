@@ -45,12 +45,6 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 			continue
 		}
 		i, ok := loaded[l.Security]
-		if !ok && !l.Security.AllowAnonymous && l.Security.PasswordFile == "" {
-			// Nobody could ever connect: a configuration mistake, not a policy.
-			errs = append(errs, fmt.Errorf("listener %s (%s): allow_anonymous false and no password_file: no client could connect; add password_file FILE, or allow_anonymous true", l.ID, l.Pos))
-			failed[l.Security] = true
-			continue
-		}
 		if !ok {
 			sc, sum, err := loadScope(l.Security)
 			if err != nil {
@@ -69,8 +63,13 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
 	}
-	// Clients of listeners unknown to the policy (none today) get nothing.
+	// Sessions restored from a listener no longer configured belong to
+	// the one scope of all listeners without per_listener_settings, and
+	// to none (they are removed) with it.
 	p.Default = &auth.Scope{}
+	if !cfg.PerListenerSettings && len(scopes) == 1 {
+		p.Default = scopes[0]
+	}
 	return p, sums, nil
 }
 
@@ -104,6 +103,20 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 		}
 	}
 	return sc, sum, errors.Join(errs...)
+}
+
+// checkUsers refuses a listener nobody could ever connect to: no
+// anonymous clients and no password_file to verify users.
+func checkUsers(cfg *config.Config) error {
+	var errs []error
+	seen := map[*config.Security]bool{}
+	for _, l := range cfg.Listeners {
+		if s := l.Security; !seen[s] && !s.AllowAnonymous && s.PasswordFile == "" {
+			seen[s] = true
+			errs = append(errs, fmt.Errorf("listener %s (%s): allow_anonymous false and no password_file: no client could connect; add password_file FILE, or allow_anonymous true", l.ID, l.Pos))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // PolicyWarnings are dangerous combinations check-config reports.

@@ -151,11 +151,7 @@ func (b *Broker) swapCertFiles(fresh map[string]*certs.FileSource) {
 func (b *Broker) watchFile(id string, f *certs.FileSource) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	b.watches[id] = cancel
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		f.Watch(ctx, certReloadEvery)
-	}()
+	b.run.goNamed("certificate file watch", func() { f.Watch(ctx, certReloadEvery) })
 }
 
 // tlsConfig builds the listener's own TLS configuration: certificates
@@ -214,11 +210,7 @@ func loadCAs(file, dir string) (*x509.CertPool, error) {
 // opens the ACME listeners once their certificate is ready.
 func (b *Broker) startCertLoops() {
 	if b.UsesTLS() {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			b.certMetricsLoop()
-		}()
+		b.run.goNamed("certificate metrics", b.certMetricsLoop)
 	}
 	b.certMu.Lock()
 	for id, f := range b.files {
@@ -228,17 +220,12 @@ func (b *Broker) startCertLoops() {
 	if b.acme == nil {
 		return
 	}
-	b.wg.Add(2)
-	go func() {
-		defer b.wg.Done()
+	b.run.goNamed("acme", func() {
 		if err := b.acme.Run(b.ctx); err != nil && b.ctx.Err() == nil {
 			b.log.Error("acme stopped", "error", err)
 		}
-	}()
-	go func() {
-		defer b.wg.Done()
-		b.openWhenReady()
-	}()
+	})
+	b.run.goNamed("acme listeners", b.openWhenReady)
 }
 
 func (b *Broker) openWhenReady() {

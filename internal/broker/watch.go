@@ -1,22 +1,44 @@
 package broker
 
 import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 )
 
-// fileStamp identifies a file's content cheaply: an editor's rename, an
-// in-place write or a Kubernetes secret's symlink swap all change it.
+// maxWatchedSize caps what the watcher hashes; the loaders refuse larger
+// files anyway.
+const maxWatchedSize = 64 << 20
+
+// errChangedDuringLoad refuses a reload whose files changed while they
+// were read: what was read may be half of an edit.
+var errChangedDuringLoad = errors.New("files changed while they were read; waiting until they are stable")
+
+// fileStamp identifies a file's state: an editor's rename (inode), an
+// in-place write (size, mtime, content) or a Kubernetes secret's symlink
+// swap all change it. The content hash catches rewrites that keep size and
+// a coarse mtime.
 type fileStamp struct {
 	ino   uint64
 	size  int64
 	mtime time.Time
+	sum   [sha256.Size]byte
 	err   bool
 }
 
 func stamp(path string) fileStamp {
-	st, err := os.Stat(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return fileStamp{err: true}
+	}
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
 		return fileStamp{err: true}
 	}
@@ -24,7 +46,64 @@ func stamp(path string) fileStamp {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		s.ino = sys.Ino
 	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, maxWatchedSize+1)); err != nil {
+		return fileStamp{err: true}
+	}
+	h.Sum(s.sum[:0])
 	return s
+}
+
+func stamps(paths []string) []fileStamp {
+	out := make([]fileStamp, len(paths))
+	for i, p := range paths {
+		out[i] = stamp(p)
+	}
+	return out
+}
+
+// watchFiles calls apply when any of paths has changed and has then stayed
+// the same (inode, size, mtime and content) for a whole interval, so a file
+// written in several steps is applied only once complete; a rename puts a
+// whole file in place at once and is applied the same way. The files are
+// polled every interval/4 until ctx ends.
+//
+// apply reads the files and, before putting what it read in force, calls
+// stable: false means a file changed since it was judged stable (what was
+// read may be half an edit), and apply must then return
+// errChangedDuringLoad without applying anything; the watcher retries once
+// the files are stable again. Any other error from apply is logged once per
+// change.
+func watchFiles(ctx context.Context, log *slog.Logger, paths []string, interval time.Duration, apply func(stable func() bool) error) {
+	paths = slices.Clone(paths)
+	applied := stamps(paths)
+	seen := applied
+	seenAt := time.Now()
+	t := time.NewTicker(max(interval/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := stamps(paths)
+		if !slices.Equal(now, seen) {
+			seen, seenAt = now, time.Now() // changed: the interval starts again
+			continue
+		}
+		if slices.Equal(now, applied) || time.Since(seenAt) < interval {
+			continue
+		}
+		err := apply(func() bool { return slices.Equal(stamps(paths), now) })
+		if errors.Is(err, errChangedDuringLoad) {
+			continue // the next poll sees the change
+		}
+		applied = now
+		if err != nil {
+			log.Error(err.Error())
+		}
+	}
 }
 
 // policyFiles lists the password and ACL files the configuration names.
@@ -45,44 +124,16 @@ func (b *Broker) policyFiles() []string {
 	return out
 }
 
-// WatchFiles reloads when a password or ACL file changes, checking every
-// interval; the returned func stops watching. A change that does not parse
-// is logged and the previous files stay in force, as with SIGHUP.
+// WatchFiles reloads when a password or ACL file changes and has been
+// stable for interval; the returned func stops watching. A change that
+// does not parse is logged and the previous files stay in force, as with
+// SIGHUP.
 func (b *Broker) WatchFiles(interval time.Duration) (stop func()) {
 	files := b.policyFiles()
-	done := make(chan struct{})
 	if len(files) == 0 {
 		return func() {}
 	}
-	last := make([]fileStamp, len(files))
-	for i, f := range files {
-		last[i] = stamp(f)
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-b.ctx.Done():
-				return
-			case <-t.C:
-			}
-			changed := false
-			for i, f := range files {
-				if s := stamp(f); s != last[i] {
-					last[i], changed = s, true
-				}
-			}
-			if changed {
-				if err := b.Reload(); err != nil {
-					b.log.Error(err.Error())
-				}
-			}
-		}
-	}()
-	return func() { close(done) }
+	ctx, cancel := context.WithCancel(b.ctx)
+	b.run.goNamed("file watch", func() { watchFiles(ctx, b.log, files, interval, b.reload) })
+	return cancel
 }

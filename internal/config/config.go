@@ -197,9 +197,13 @@ type Admin struct {
 
 // Abuse configures brute-force protection.
 type Abuse struct {
-	// BanThreshold failures in a row from one IP, or for one username from
-	// one IP, start exponential backoff bans.
-	BanThreshold int
-	BanBase      time.Duration
-	BanMax       time.Duration
+	// Brute-force bans. BanThreshold failures for one user from one
+	// network (4x for the network as a whole) start exponential backoff
+	// bans, from BanBase doubling up to BanMax. Addresses are grouped into
+	// networks by BanIPv4Prefix / BanIPv6Prefix bits.
+	BanThreshold  int
+	BanBase       time.Duration
+	BanMax        time.Duration
+	BanIPv4Prefix int
+	BanIPv6Prefix int
 }

@@ -160,11 +160,19 @@ func directives() map[string]handler {
 		},
 		"strict_subscribe":    func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.StrictSubscribe) },
 		"check_retain_source": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.CheckRetainSource) },
+
+		// Brute-force bans.
 		"ban_threshold": func(p *parser, pos Pos, v string) {
 			p.intRange(pos, "ban_threshold", v, 0, 1000, &p.cfg.Abuse.BanThreshold)
 		},
 		"ban_time_max": func(p *parser, pos Pos, v string) {
 			p.seconds(pos, "ban_time_max", v, 1, 7*24*3600, &p.cfg.Abuse.BanMax)
+		},
+		"ban_ipv4_prefix": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "ban_ipv4_prefix", v, 8, 32, &p.cfg.Abuse.BanIPv4Prefix)
+		},
+		"ban_ipv6_prefix": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "ban_ipv6_prefix", v, 16, 128, &p.cfg.Abuse.BanIPv6Prefix)
 		},
 
 		// Limits.

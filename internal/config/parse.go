@@ -96,7 +96,7 @@ func newParser(env func(string) string) *parser {
 		Log:         Log{Format: "text", Types: map[string]bool{}, ConnectionMessages: true},
 		ACME:        ACME{KeyType: "ec256", PropagationCheck: true, StateDir: "/var/lib/moat/acme", CloudflareCredentials: "/secrets/cloudflare.ini"},
 		Admin:       Admin{Listener: "127.0.0.1:7883", CertMinDays: 7},
-		Abuse:       Abuse{BanThreshold: 5, BanBase: 2e9, BanMax: 15 * 60e9},
+		Abuse:       Abuse{BanThreshold: 5, BanBase: 2e9, BanMax: 15 * 60e9, BanIPv4Prefix: 32, BanIPv6Prefix: 64},
 	}
 	p := &parser{cfg: c, handlers: directives(), env: env}
 	if p.env == nil {

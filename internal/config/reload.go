@@ -43,7 +43,7 @@ func reloadDecisions() map[string]Change {
 		"cafile": Restart, "capath": Restart, "tls_version": Restart, "require_certificate": Restart,
 		"tls": Restart, "per_listener_settings": Restart,
 		// Ban thresholds live in the running auth hook.
-		"ban_threshold": Restart, "ban_time_max": Restart,
+		"ban_threshold": Restart, "ban_time_max": Restart, "ban_ipv4_prefix": Restart, "ban_ipv6_prefix": Restart,
 		// mochi's capabilities are fixed when the server is built.
 		"max_packet_size": Restart, "max_inflight_messages": Restart, "max_queued_messages": Restart,
 		"max_qos": Restart, "retain_available": Restart, "persistent_client_expiration": Restart,

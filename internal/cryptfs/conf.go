@@ -31,7 +31,7 @@ type confFile struct {
 func checkConf(b []byte) error {
 	var c confFile
 	if err := json.Unmarshal(b, &c); err != nil {
-		return fmt.Errorf("not valid JSON: %v", err)
+		return fmt.Errorf("not valid JSON: %w", err)
 	}
 	switch {
 	case c.Version != 2:

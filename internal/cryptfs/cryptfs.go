@@ -40,7 +40,10 @@ type Options struct {
 	MountPoint string // plaintext mount point (created 0700 if missing)
 	KeyFile    string // file holding the password (e.g. a Docker secret); first line; never logged
 	ScryptN    int    // log2 of scrypt's N for a new volume; 0 = gocryptfs default (16); tests use 10
-	Logger     *slog.Logger
+	// ReadOnly mounts an existing volume (any gocryptfs directory, not only
+	// Moat's) with gocryptfs -ro: nothing is initialised or written.
+	ReadOnly bool
+	Logger   *slog.Logger
 }
 
 const (
@@ -63,7 +66,7 @@ const (
 func Find(configured string) (string, error) {
 	if configured != "" {
 		if err := isExecutable(configured); err != nil {
-			return "", fmt.Errorf("%w: configured path %s: %v", ErrNoBinary, configured, err)
+			return "", fmt.Errorf("%w: configured path %s: %w", ErrNoBinary, configured, err)
 		}
 		return filepath.Abs(configured)
 	}
@@ -100,6 +103,7 @@ type Mount struct {
 	log                        *slog.Logger
 	key                        []byte // password; kept for Remount, zeroed by Close
 	fusermount                 string // "" = unmount(2) directly
+	readOnly                   bool
 
 	op sync.Mutex // serialises Remount and Close
 
@@ -158,7 +162,7 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mount{bin: bin, log: log, key: key}
+	m := &Mount{bin: bin, log: log, key: key, readOnly: o.ReadOnly}
 	fail := func(err error) (*Mount, error) {
 		clear(m.key)
 		return nil, err
@@ -173,18 +177,18 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 		strings.HasPrefix(m.mountPoint, m.cipherDir+"/") {
 		return fail(fmt.Errorf("%w: %s and encrypted directory %s must not contain each other", ErrMountPoint, m.mountPoint, m.cipherDir))
 	}
-	if p, err := exec.LookPath("fusermount3"); err == nil {
-		m.fusermount = p
-	} else if p, err := exec.LookPath("fusermount"); err == nil {
-		m.fusermount = p
-	}
-	if err := checkFUSEDevice(); err != nil {
-		return fail(err)
+	m.fusermount = fusermountPath()
+	// Name what keeps FUSE from working before anything is created.
+	if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), false); d != nil {
+		return fail(d)
 	}
 
 	fresh, err := isEmptyDir(m.cipherDir)
 	if err != nil {
-		return fail(fmt.Errorf("%w: %v", ErrCipherDir, err))
+		return fail(fmt.Errorf("%w: %w", ErrCipherDir, err))
+	}
+	if fresh && m.readOnly {
+		return fail(fmt.Errorf("%w: %s is empty, not a gocryptfs directory", ErrCipherDir, m.cipherDir))
 	}
 	if fresh {
 		if err := m.initVolume(ctx, o.ScryptN); err != nil {
@@ -193,7 +197,7 @@ func Start(ctx context.Context, o Options) (*Mount, error) {
 	} else if err := readConf(filepath.Join(m.cipherDir, "gocryptfs.conf")); errors.Is(err, fs.ErrNotExist) {
 		return fail(fmt.Errorf("%w (%s is not empty but has no gocryptfs.conf)", ErrConfig, m.cipherDir))
 	} else if err != nil {
-		return fail(fmt.Errorf("%w (%s/gocryptfs.conf: %v)", ErrConfig, m.cipherDir, err))
+		return fail(fmt.Errorf("%w (%s/gocryptfs.conf: %w)", ErrConfig, m.cipherDir, err))
 	}
 	if err := m.mount(ctx, fresh); err != nil {
 		return fail(err)
@@ -246,18 +250,18 @@ func readKey(path string, log *slog.Logger) ([]byte, error) {
 func prepareCipherDir(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	st, err := os.Stat(real)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrCipherDir, err)
+		return "", fmt.Errorf("%w: %w", ErrCipherDir, err)
 	}
 	if !st.IsDir() {
 		return "", fmt.Errorf("%w: %s is not a directory", ErrCipherDir, real)
@@ -271,22 +275,22 @@ func prepareCipherDir(dir string) (string, error) {
 func resolveMountPoint(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	parent := filepath.Dir(abs)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	realParent, err := filepath.EvalSymlinks(parent)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	mnt := filepath.Join(realParent, filepath.Base(abs))
 	st, err := lstatTimeout(mnt, hungTimeout)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		if err := os.Mkdir(mnt, 0o700); err != nil {
-			return "", fmt.Errorf("%w: %v", ErrMountPoint, err)
+			return "", fmt.Errorf("%w: %w", ErrMountPoint, err)
 		}
 	case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
 		return "", fmt.Errorf("%w: %s is a symlink", ErrMountPoint, mnt)
@@ -295,14 +299,6 @@ func resolveMountPoint(dir string) (string, error) {
 	}
 	// Any other error (ENOTCONN: a dead mount; errHung) is handled by cleanStale.
 	return mnt, nil
-}
-
-func checkFUSEDevice() error {
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("%w (opening /dev/fuse: %v)", ErrNoFUSE, err)
-	}
-	return f.Close()
 }
 
 func isEmptyDir(dir string) (bool, error) {
@@ -364,7 +360,7 @@ func (m *Mount) mount(ctx context.Context, fresh bool) error {
 	}
 	empty, err := isEmptyDir(m.mountPoint)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrMountPoint, err)
+		return fmt.Errorf("%w: %w", ErrMountPoint, err)
 	}
 	if !empty {
 		return fmt.Errorf("%w: %s is not empty; refusing to hide or mix plaintext files under the encrypted mount", ErrMountPoint, m.mountPoint)
@@ -384,6 +380,13 @@ func (m *Mount) mount(ctx context.Context, fresh bool) error {
 	root, err := m.awaitReady(ctx, c, sig, fresh)
 	if err != nil {
 		m.stop(c)
+		if errors.Is(err, ErrNoFUSE) {
+			// gocryptfs only says the mount failed; say why.
+			if d := diagnose(gatherFUSEFacts(m.mountPoint, m.fusermount), true); d != nil {
+				d.Err = err
+				return d
+			}
+		}
 		return err
 	}
 	m.mu.Lock()
@@ -416,8 +419,11 @@ func (m *Mount) spawn() (*child, error) {
 		exited: make(chan struct{}),
 		dead:   make(chan struct{}),
 	}
-	c.cmd = exec.Command(m.bin, "-fg", "-notifypid="+strconv.Itoa(os.Getpid()), "-nosyslog", "-q",
-		"--", m.cipherDir, m.mountPoint)
+	args := []string{"-fg", "-notifypid=" + strconv.Itoa(os.Getpid()), "-nosyslog", "-q"}
+	if m.readOnly {
+		args = append(args, "-ro")
+	}
+	c.cmd = exec.Command(m.bin, append(args, "--", m.cipherDir, m.mountPoint)...)
 	c.cmd.Env = childEnv()
 	c.cmd.Stdin = pr
 	c.cmd.Stderr = c.stderr
@@ -488,11 +494,14 @@ func (m *Mount) awaitReady(ctx context.Context, c *child, sig <-chan os.Signal, 
 func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 	root, err := os.OpenRoot(m.mountPoint)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return nil, fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	if err := checkFUSE(root); err != nil {
 		root.Close()
 		return nil, err
+	}
+	if m.readOnly {
+		return root, nil // a foreign volume has no sentinel, and none is written
 	}
 	m.mu.Lock()
 	want := m.volID
@@ -508,7 +517,7 @@ func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 	}
 	if err != nil {
 		root.Close()
-		return nil, fmt.Errorf("%w: volume id %s: %v", ErrNotMounted, sentinelName, err)
+		return nil, fmt.Errorf("%w: volume id %s: %w", ErrNotMounted, sentinelName, err)
 	}
 	if want != "" && id != want {
 		root.Close()
@@ -524,7 +533,7 @@ func (m *Mount) openVerified(fresh bool) (*os.Root, error) {
 func (m *Mount) checkEntry() error {
 	entries, err := readMountinfo()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	e, ok := topMount(entries, m.mountPoint)
 	if !ok {
@@ -540,12 +549,12 @@ func (m *Mount) checkEntry() error {
 func checkFUSE(root *os.Root) error {
 	d, err := root.Open(".")
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: %w", ErrNotMounted, err)
 	}
 	defer d.Close()
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(d.Fd()), &st); err != nil {
-		return fmt.Errorf("%w: statfs: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: statfs: %w", ErrNotMounted, err)
 	}
 	if uint32(st.Type) != unix.FUSE_SUPER_MAGIC {
 		return fmt.Errorf("%w: filesystem magic %#x is not FUSE", ErrNotMounted, st.Type)
@@ -672,7 +681,7 @@ func (m *Mount) Check() error {
 	}
 	id, err := readSentinel(root)
 	if err != nil {
-		return fmt.Errorf("%w: volume id: %v", ErrNotMounted, err)
+		return fmt.Errorf("%w: volume id: %w", ErrNotMounted, err)
 	}
 	if id != want {
 		return fmt.Errorf("%w: volume id %s, want %s", ErrNotMounted, id, want)
@@ -839,7 +848,7 @@ func (m *Mount) unmount(lazy bool) error {
 		if strings.Contains(msg, "busy") {
 			return fmt.Errorf("%w: %s", errBusy, msg)
 		}
-		return fmt.Errorf("%s %s: %v: %s", filepath.Base(m.fusermount), strings.Join(args, " "), err, msg)
+		return fmt.Errorf("%s %s: %w: %s", filepath.Base(m.fusermount), strings.Join(args, " "), err, msg)
 	}
 	return nil
 }
@@ -854,7 +863,7 @@ func (m *Mount) cleanStale() error {
 	for attempt := 0; ; attempt++ {
 		entries, err := readMountinfo()
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrMountPoint, err)
+			return fmt.Errorf("%w: %w", ErrMountPoint, err)
 		}
 		top, mounted := topMount(entries, m.mountPoint)
 		statErr := statTimeout(m.mountPoint, hungTimeout)
@@ -864,18 +873,25 @@ func (m *Mount) cleanStale() error {
 			// it, which turns it into a dead mount.
 			m.log.Warn("FUSE connection hangs; aborting it", "mountpoint", m.mountPoint)
 			if err := abortFUSE(top.Minor); err != nil {
-				return fmt.Errorf("%w: %s hangs and its FUSE connection could not be aborted: %v", ErrMountPoint, m.mountPoint, err)
+				return fmt.Errorf("%w: %s hangs and its FUSE connection could not be aborted: %w", ErrMountPoint, m.mountPoint, err)
 			}
 			continue
 		}
 		if !mounted {
 			if statErr != nil && !errors.Is(statErr, unix.ENOENT) {
-				return fmt.Errorf("%w: %s: %v", ErrMountPoint, m.mountPoint, statErr)
+				return fmt.Errorf("%w: %s: %w", ErrMountPoint, m.mountPoint, statErr)
 			}
 			return nil
 		}
+		if top.FSType == "tmpfs" && statErr == nil {
+			// A tmpfs holds nothing across restarts, so mounting over it
+			// hides nothing; it is how a read-only root gets a mount
+			// point fusermount3 accepts. mount checks it is empty.
+			return nil
+		}
 		if top.FSType != fstypeGocryptfs {
-			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself",
+			return fmt.Errorf("%w: %s already has a %s mount of %s; Moat mounts gocryptfs there itself: "+
+				"remove that mount (a volume or bind mount there, or the image's VOLUME); with a read-only root, mount an empty tmpfs there instead",
 				ErrMountPoint, m.mountPoint, top.FSType, top.Source)
 		}
 		if statErr == nil {
@@ -887,11 +903,11 @@ func (m *Mount) cleanStale() error {
 				time.Sleep(orphanPoll)
 				continue
 			}
-			return fmt.Errorf("%w: %s is already served by another gocryptfs process (of %s); is another Moat running?",
-				ErrMountPoint, m.mountPoint, top.Source)
+			return fmt.Errorf("%w: %s is %w (of %s); is another Moat running?",
+				ErrMountPoint, m.mountPoint, ErrServed, top.Source)
 		}
 		if attempt >= 4 {
-			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%v)", ErrMountPoint, m.mountPoint, statErr)
+			return fmt.Errorf("%w: could not remove the dead gocryptfs mount at %s (%w)", ErrMountPoint, m.mountPoint, statErr)
 		}
 		m.log.Warn("removing dead gocryptfs mount", "mountpoint", m.mountPoint, "stat", statErr.Error())
 		if err := m.unmount(false); err != nil {

@@ -338,12 +338,23 @@ func TestStartErrors(t *testing.T) {
 			want: ErrMountPoint, says: "not a directory",
 		},
 		{
-			name: "mount point holds another filesystem",
+			// A volume there (the image's VOLUME, a compose volume)
+			// would keep what is written below the mount.
+			name: "mount point holds a persistent filesystem",
+			setup: func(t *testing.T, o *Options) {
+				os.MkdirAll(o.MountPoint, 0o700)
+				bindMount(t, t.TempDir(), o.MountPoint)
+			},
+			want: ErrMountPoint, says: "remove that mount",
+		},
+		{
+			name: "mount point is a tmpfs holding files",
 			setup: func(t *testing.T, o *Options) {
 				os.MkdirAll(o.MountPoint, 0o700)
 				mountTmpfs(t, o.MountPoint, "1m")
+				os.WriteFile(filepath.Join(o.MountPoint, "stray"), []byte("x"), 0o600)
 			},
-			want: ErrMountPoint, says: "already has a tmpfs mount",
+			want: ErrMountPoint, says: "not empty",
 		},
 		{
 			name: "cipher dir inside mount point",
@@ -405,6 +416,48 @@ func mountTmpfs(t *testing.T, dir, size string) {
 			unix.Unmount(dir, unix.MNT_DETACH)
 		}
 	})
+}
+
+// bindMount mounts src on dir until the test ends.
+func bindMount(t *testing.T, src, dir string) {
+	t.Helper()
+	if err := unix.Mount(src, dir, "", unix.MS_BIND, ""); err != nil {
+		testenv.Missing(t, "bind mounting ("+err.Error()+")", "run as root (CAP_SYS_ADMIN)")
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	})
+}
+
+// A read-only container root gets its mount point as an empty tmpfs
+// (fusermount3 needs a writable one): Moat mounts over it, and nothing
+// written reaches the tmpfs.
+func TestMountOverEmptyTmpfs(t *testing.T) {
+	o := testOptions(t)
+	if err := os.MkdirAll(o.MountPoint, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ensureUnmountedAtCleanup(t, o.MountPoint)
+	mountTmpfs(t, o.MountPoint, "1m")
+	m, err := Start(testContext(t), o)
+	if err != nil {
+		t.Fatalf("Start over an empty tmpfs: %v", err)
+	}
+	writeFile(t, m.Root(), "retained.db", []byte("plaintext-in-tmpfs-test"))
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertEmptyDir(t, o.MountPoint)
+	if m, err = Start(testContext(t), o); err != nil {
+		t.Fatalf("second Start over the tmpfs: %v", err)
+	}
+	defer m.Close()
+	if b, err := m.Root().ReadFile("retained.db"); err != nil || string(b) != "plaintext-in-tmpfs-test" {
+		t.Fatalf("after remount over the tmpfs: %q, %v", b, err)
+	}
 }
 
 func TestChildKilledFailsClosedAndRemounts(t *testing.T) {

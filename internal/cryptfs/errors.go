@@ -22,6 +22,9 @@ var (
 	// ErrConfig: gocryptfs.conf is missing or damaged. Without it the
 	// encrypted data cannot be decrypted.
 	ErrConfig = errors.New("gocryptfs.conf is missing or damaged: the encrypted data is unrecoverable without it, restore gocryptfs.conf from a backup")
+	// ErrServed: a live gocryptfs serves the mount point already (another
+	// Moat runs on it). Errors wrapping it wrap ErrMountPoint too.
+	ErrServed = errors.New("already served by another gocryptfs process")
 	// ErrCipherDir: the encrypted directory is unusable.
 	ErrCipherDir = errors.New("unusable encrypted directory")
 	// ErrGocryptfs: gocryptfs failed for another reason; see the message.

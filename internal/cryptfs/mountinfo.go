@@ -66,15 +66,15 @@ func parseMountinfoLine(line string) (mountEntry, error) {
 	}
 	mp, err := unescapeMountinfo(f[4])
 	if err != nil {
-		return mountEntry{}, fmt.Errorf("%w: mount point: %v", errMountinfoLine, err)
+		return mountEntry{}, fmt.Errorf("%w: mount point: %w", errMountinfoLine, err)
 	}
 	fstype, err := unescapeMountinfo(f[sep+1])
 	if err != nil {
-		return mountEntry{}, fmt.Errorf("%w: fstype: %v", errMountinfoLine, err)
+		return mountEntry{}, fmt.Errorf("%w: fstype: %w", errMountinfoLine, err)
 	}
 	src, err := unescapeMountinfo(f[sep+2])
 	if err != nil {
-		return mountEntry{}, fmt.Errorf("%w: source: %v", errMountinfoLine, err)
+		return mountEntry{}, fmt.Errorf("%w: source: %w", errMountinfoLine, err)
 	}
 	return mountEntry{ID: id, Parent: parent, Minor: uint32(minor), MountPoint: mp, FSType: fstype, Source: src}, nil
 }

@@ -41,6 +41,7 @@ type frameConn struct {
 	writeTimeout time.Duration // bound of one write
 	readDL       atomic.Int64  // read deadline last set, Unix ns (0: none)
 	writeDL      atomic.Int64  // write deadline last set, Unix ns
+	ord          ordered       // writes held behind durability barriers (ordered.go)
 
 	// Fixed header being parsed.
 	hdr  [5]byte
@@ -74,6 +75,16 @@ const DefaultWriteTimeout = 15 * time.Second
 // runtime timer update, so it is done only when less than half of the
 // timeout is left.
 func (c *frameConn) Write(p []byte) (int, error) {
+	if held, err := c.holdWrite(p); held {
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.writeNow(p)
+}
+
+func (c *frameConn) writeNow(p []byte) (int, error) {
 	now := time.Now()
 	if dl := c.writeDL.Load(); dl-now.UnixNano() < int64(c.writeTimeout/2) {
 		next := now.Add(c.writeTimeout)

@@ -1,8 +1,10 @@
 package listen
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -31,17 +33,96 @@ func (l *Listener) initWebSocket() {
 		CheckOrigin:     l.checkOrigin,
 		WriteBufferPool: &sync.Pool{}, // no write buffer held by idle sessions
 		Error: func(w http.ResponseWriter, _ *http.Request, status int, _ error) {
-			http.Error(w, http.StatusText(status), status)
+			refuse(w, status)
 		},
 	}
 	l.httpSrv = &http.Server{
 		Handler:           http.HandlerFunc(l.serveHTTP),
 		ReadHeaderTimeout: min(l.o.ConnectTimeout, DefaultReadHeaderTimeout),
-		IdleTimeout:       l.o.ConnectTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		// The whole request, body included; httpConn also bounds it from
+		// the accept, the TLS handshake included.
+		ReadTimeout:    l.o.ConnectTimeout,
+		WriteTimeout:   l.o.ConnectTimeout,
+		IdleTimeout:    l.o.ConnectTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
 		// A non-nil empty map disables HTTP/2: WebSocket needs HTTP/1.1.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     l.httpErrorLog(), // TLS handshake failures at warning level
+		ConnContext:  withHTTPConn,
+	}
+	// One request per connection: a client could otherwise hold a
+	// connection for good with a stream of cheap requests.
+	l.httpSrv.SetKeepAlivesEnabled(false)
+}
+
+// httpListener hands out httpConns.
+type httpListener struct {
+	net.Listener
+	timeout time.Duration
+}
+
+func (h *httpListener) Accept() (net.Conn, error) {
+	c, err := h.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &httpConn{Conn: c, limit: time.Now().Add(h.timeout)}, nil
+}
+
+// httpConn holds every deadline net/http sets to the connect deadline
+// (accept + connect_timeout) until the upgrade: the TLS handshake, the
+// request headers and any body must all arrive by then, however slowly
+// they trickle in. net/http's own timeouts restart for each phase.
+type httpConn struct {
+	net.Conn
+	limit  time.Time
+	lifted atomic.Bool
+}
+
+func (c *httpConn) clamp(t time.Time) time.Time {
+	if c.lifted.Load() || (!t.IsZero() && t.Before(c.limit)) {
+		return t
+	}
+	return c.limit
+}
+
+func (c *httpConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }
+func (c *httpConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.clamp(t)) }
+func (c *httpConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.clamp(t)) }
+
+// lift ends the clamp once the connection is a WebSocket session, whose
+// deadlines mochi sets from then on.
+func (c *httpConn) lift() { c.lifted.Store(true) }
+
+type httpConnKey struct{}
+
+func withHTTPConn(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if hc, ok := c.(*httpConn); ok {
+		ctx = context.WithValue(ctx, httpConnKey{}, hc)
+	}
+	return ctx
+}
+
+// refuse answers status and closes the connection at once, so that a
+// refused client holds no connection slot while net/http would read the
+// rest of its request body.
+func refuse(w http.ResponseWriter, status int) {
+	c, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		w.Header().Set("Connection", "close")
+		http.Error(w, http.StatusText(status), status)
+		return
+	}
+	defer c.Close()
+	_ = c.SetWriteDeadline(time.Now().Add(wsCloseTimeout))
+	text := http.StatusText(status)
+	_, _ = fmt.Fprintf(buf, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\n\r\n%s\n", status, text, len(text)+1, text)
+	_ = buf.Flush()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite() // FIN after the answer, before the close
 	}
 }
 
@@ -49,9 +130,9 @@ func (l *Listener) serveWebSocket(establish listeners.EstablishFn) {
 	l.mu.Lock()
 	l.establish = establish
 	l.mu.Unlock()
-	var ln net.Listener = l.guard
+	var ln net.Listener = &httpListener{Listener: l.guard, timeout: l.o.ConnectTimeout}
 	if l.tls != nil {
-		ln = tls.NewListener(l.guard, l.tls)
+		ln = tls.NewListener(ln, l.tls)
 	}
 	err := l.httpSrv.Serve(ln)
 	if err != nil && !l.closed.Load() {
@@ -77,14 +158,20 @@ func (l *Listener) checkOrigin(r *http.Request) bool {
 
 func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if l.o.WebSocketPath != "" && r.URL.Path != l.o.WebSocketPath {
-		http.NotFound(w, r)
+		refuse(w, http.StatusNotFound)
+		return
+	}
+	// An upgrade request has no body; one that announces a body would
+	// have its bytes read as WebSocket frames, or trickle in slowly.
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		refuse(w, http.StatusBadRequest)
 		return
 	}
 	l.mu.Lock()
 	establish := l.establish
 	l.mu.Unlock()
 	if establish == nil || l.closed.Load() {
-		http.Error(w, http.StatusText(http.StatusServiceUnavailable), http.StatusServiceUnavailable)
+		refuse(w, http.StatusServiceUnavailable)
 		return
 	}
 
@@ -102,7 +189,7 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			if reason == denyRate {
 				status = http.StatusTooManyRequests
 			}
-			http.Error(w, http.StatusText(status), status)
+			refuse(w, status)
 			return
 		}
 		defer release()
@@ -119,7 +206,12 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		ws.SetReadLimit(int64(l.o.MaxPacketSize))
 	}
 	nc := ws.NetConn()
-	_ = nc.SetDeadline(time.Now().Add(l.o.ConnectTimeout))
+	deadline := time.Now().Add(l.o.ConnectTimeout)
+	if hc, ok := r.Context().Value(httpConnKey{}).(*httpConn); ok {
+		hc.lift()
+		deadline = hc.limit // the CONNECT too is due connect_timeout after the accept
+	}
+	_ = nc.SetDeadline(deadline)
 	if remote == nil {
 		remote = nc.RemoteAddr()
 	}

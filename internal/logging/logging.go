@@ -1,7 +1,8 @@
 // Package logging builds Moat's slog.Logger from mosquitto's log_dest,
 // log_type and Moat's log_format, and keeps payloads and credentials out of
 // every line: mochi logs whole packets ("pk") when a packet fails, and a
-// packet carries payloads, passwords and Will messages.
+// packet carries payloads, passwords and Will messages. Client-supplied
+// strings are escaped and truncated (sanitize.go).
 package logging
 
 import (
@@ -108,7 +109,10 @@ func redact(_ []string, a slog.Attr) slog.Attr {
 	if redacted(a.Key) {
 		return slog.String(a.Key, "[redacted]")
 	}
-	return a
+	if a.Key == slog.TimeKey || a.Key == slog.LevelKey {
+		return a
+	}
+	return sanitize(a)
 }
 
 // Reopen reopens log files, after logrotate moved them.

@@ -73,6 +73,9 @@ type Options struct {
 	AutoAck bool
 	// Timeout replaces DefaultTimeout.
 	Timeout time.Duration
+	// Tweak, when set, edits the CONNECT before it is sent (properties
+	// the fields above do not cover).
+	Tweak func(*packets.Packet)
 }
 
 // State is what a client has received, as a WaitUntil condition sees it.
@@ -185,6 +188,9 @@ func ConnectPacket(o Options) packets.Packet {
 		pk.Connect.WillPayload = w.Payload
 		pk.Connect.WillQos = w.QoS
 		pk.Connect.WillRetain = w.Retain
+	}
+	if o.Tweak != nil {
+		o.Tweak(&pk)
 	}
 	return pk
 }

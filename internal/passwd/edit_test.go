@@ -1,12 +1,16 @@
 package passwd
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -182,5 +186,143 @@ func TestConvertPlaintext(t *testing.T) {
 			t.Errorf("error quotes a password: %v", err)
 		}
 	}
+	noTempFiles(t, dir)
+}
+
+// TestEditInterrupted stops an edit at each step as a crash would. The file
+// is never lost: it is either as it was, or the complete new content is in
+// the pending copy, and later edits refuse (naming the copy) until it has
+// been restored.
+func TestEditInterrupted(t *testing.T) {
+	orig := "a:" + testHash(t, "x") + "\nb:" + testHash(t, "y") + "\nc:" + testHash(t, "z") + "\n"
+	newContent := "b:" + testHash(t, "y") + "\nc:" + testHash(t, "z") + "\n"
+	drop := func(lines []string) ([]string, error) {
+		return slices.DeleteFunc(slices.Clone(lines), func(l string) bool { return lineUser(l) == "a" }), nil
+	}
+	for _, step := range []string{"copy written", "copy committed", "half written", "file written"} {
+		t.Run(step, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "passwd")
+			os.WriteFile(path, []byte(orig), 0o600)
+			err := rewrite(path, false, func(s string) bool { return s == step }, drop)
+			if err == nil {
+				t.Fatal("the interruption was not reached")
+			}
+			data, _ := os.ReadFile(path)
+			if f, err := Parse(path, data); err == nil && slices.Contains(f.Users(), "a") && string(data) != orig {
+				t.Fatalf("the interrupted file lets a in and is not the original:\n%s", data)
+			}
+			if !strings.HasPrefix(newContent, string(data)) && string(data) != orig {
+				t.Fatalf("interrupted file is neither the original nor a prefix of the new one:\n%q", data)
+			}
+			pending := PendingCopy(path)
+			copyData, copyErr := os.ReadFile(pending)
+			if step == "copy written" {
+				if string(data) != orig || copyErr == nil {
+					t.Fatalf("before the copy is committed the file must be untouched and no copy pending: %q, %v", data, copyErr)
+				}
+				if err := DeleteUser(path, "a"); err != nil {
+					t.Fatalf("edit after an early interruption: %v", err)
+				}
+				if got, _ := os.ReadFile(path); string(got) != newContent {
+					t.Fatalf("after the retried edit: %q", got)
+				}
+				return
+			}
+			if copyErr != nil || string(copyData) != newContent {
+				t.Fatalf("pending copy: %q, %v; want the complete new file", copyData, copyErr)
+			}
+			for _, edit := range []func() error{
+				func() error { return DeleteUser(path, "b") },
+				func() error { return SetPassword(path, "d", []byte("w"), "", 10, false) },
+				func() error { _, err := ConvertPlaintext(path, "", 10); return err },
+			} {
+				err := edit()
+				if !errors.Is(err, ErrInterruptedEdit) || !strings.Contains(err.Error(), pending) {
+					t.Fatalf("edit after an interruption: %v; want ErrInterruptedEdit naming %s", err, pending)
+				}
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, data) {
+				t.Fatal("a refused edit changed the file")
+			}
+			// The advice: cat COPY > FILE; rm COPY.
+			if err := os.WriteFile(path, copyData, 0); err != nil {
+				t.Fatal(err)
+			}
+			os.Remove(pending)
+			mustVerify(t, path, "a", "x", false)
+			mustVerify(t, path, "b", "y", true)
+			if err := DeleteUser(path, "b"); err != nil {
+				t.Fatalf("edit after the restore: %v", err)
+			}
+		})
+	}
+}
+
+// TestDeleteUserBadLine: -D on a file Moat does not load is refused with
+// file:line and leaves the file as it was (a running Moat would keep the
+// user otherwise); on a good file the result loads without the user.
+func TestDeleteUserBadLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pw")
+	for _, bad := range []string{"bob\n", "bob:plaintext\n", "bob:$7$broken\n", "  \x01:" + testHash(t, "c") + "\n", strings.Repeat("x", 70000) + "\n"} {
+		orig := "a:" + testHash(t, "x") + "\n" + bad + "c:" + testHash(t, "z") + "\n"
+		os.WriteFile(path, []byte(orig), 0o600)
+		err := DeleteUser(path, "a")
+		if err == nil || !strings.Contains(err.Error(), path+":2:") {
+			t.Errorf("%q: %v; want a refusal naming %s:2:", bad, err, path)
+		}
+		if data, _ := os.ReadFile(path); string(data) != orig {
+			t.Errorf("%q: refused delete changed the file", bad)
+		}
+	}
+	// A duplicate of the deleted user: the result loads, so it is written.
+	os.WriteFile(path, []byte("a:"+testHash(t, "x")+"\nc:"+testHash(t, "z")+"\n a :"+testHash(t, "dup")+"\n"), 0o600)
+	if err := DeleteUser(path, "a"); err != nil {
+		t.Fatalf("delete of a duplicated user: %v", err)
+	}
+	mustVerify(t, path, "a", "dup", false)
+	mustVerify(t, path, "c", "z", true)
+	noTempFiles(t, dir)
+}
+
+// TestEditConcurrent: many edits of one file at once (scripts adding users
+// in parallel) all land: each waits for the others' lock, none is lost.
+func TestEditConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "passwd")
+	if err := SetPassword(path, "admin", []byte("a"), AlgSHA512, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			user := fmt.Sprintf("u%d", i)
+			if err := SetPassword(path, user, []byte("p"+user), AlgSHA512, 0, false); err != nil {
+				errs <- err
+			}
+			if i%4 == 0 {
+				if err := DeleteUser(path, user); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(f.Users()); got != 1+n-n/4 {
+		t.Fatalf("%d users, want %d: edits were lost", got, 1+n-n/4)
+	}
+	mustVerify(t, path, "u1", "pu1", true)
+	mustVerify(t, path, "u4", "pu4", false)
 	noTempFiles(t, dir)
 }

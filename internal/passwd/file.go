@@ -66,6 +66,11 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("passwd: %w", err)
 	}
 	defer fh.Close()
+	// moat passwd holds an exclusive lock while it rewrites the file in
+	// place: wait for it rather than read a half-written file.
+	if err := lockShared(fh, editLockWait); err != nil {
+		return nil, fmt.Errorf("passwd %s: %w", path, err)
+	}
 	data, err := io.ReadAll(io.LimitReader(fh, maxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("passwd %s: %w", path, err)

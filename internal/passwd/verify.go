@@ -109,6 +109,22 @@ func (v *Verifier) Verify(ctx context.Context, f *File, user string, password []
 	return true, nil
 }
 
+// Remembered reports whether password is a recent success for user in f,
+// answered from the cache without hashing (and counted as a cache hit).
+// Callers that limit verifications use it to let a device reconnecting
+// with a known-good password through without taking a slot.
+func (v *Verifier) Remembered(f *File, user string, password []byte) bool {
+	if f == nil || v.max <= 0 {
+		return false
+	}
+	e := f.entries[user]
+	if e == nil || !v.lookup(v.key(user, e.hash, password)) {
+		return false
+	}
+	v.hits.Add(1)
+	return true
+}
+
 func (v *Verifier) bumpPeak(n int64) {
 	for {
 		p := v.peak.Load()

@@ -35,6 +35,11 @@ func sampleRecords() [][]byte {
 		append([]byte{1}, appendClient(nil, &cl)...),
 		append([]byte{1}, appendClient(nil, &clientRecord{})...),
 		append([]byte{2}, appendSub(nil, &sub)...),
+		append([]byte{3}, appendPending(nil, &msg, []pendingTarget{
+			{{id: "a", qos: 1, ids: []int{3}}},
+			{{id: "g1", qos: 2, rap: true}, {id: "g2", qos: 1}},
+		})...),
+		append([]byte{3}, appendPending(nil, &empty, nil)...),
 	}
 }
 
@@ -43,7 +48,7 @@ func sampleRecords() [][]byte {
 func roundTrip(t *testing.T, k byte, data []byte) {
 	var out []byte
 	var err error
-	switch k % 3 {
+	switch k % 4 {
 	case 0:
 		var pk packets.Packet
 		if pk, err = decodeMessage(data); err == nil {
@@ -59,9 +64,15 @@ func roundTrip(t *testing.T, k byte, data []byte) {
 		if s, err = decodeSub(data); err == nil {
 			out = appendSub(nil, &s)
 		}
+	case 3:
+		var pk packets.Packet
+		var targets []pendingTarget
+		if pk, targets, err = decodePending(data); err == nil {
+			out = appendPending(nil, &pk, targets)
+		}
 	}
 	if err == nil && !bytes.Equal(out, data) {
-		t.Fatalf("kind %d: re-encoding differs\n in  %x\n out %x", k%3, data, out)
+		t.Fatalf("kind %d: re-encoding differs\n in  %x\n out %x", k%4, data, out)
 	}
 }
 

@@ -2,22 +2,36 @@ package store
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/mochi"
 )
 
 // Hook persists retained messages and persistent sessions through its Store.
 // Add it with srv.AddHook(st.Hook(), nil) after st.Restore(srv).
 type Hook struct {
 	mqtt.HookBase
-	s *Store
+	cur atomic.Pointer[Store]
 }
 
 var _ mqtt.Hook = (*Hook)(nil)
 
 // Hook returns the mochi hook writing into s.
-func (s *Store) Hook() *Hook { return &Hook{s: s} }
+func (s *Store) Hook() *Hook {
+	h := &Hook{}
+	h.cur.Store(s)
+	return h
+}
+
+// Switch makes the hook write into st from now on: mochi cannot remove a
+// hook, so a store re-opened after its mount died takes over the one
+// registered. Call st.Adopt afterwards to write mochi's state into it.
+func (h *Hook) Switch(st *Store) { h.cur.Store(st) }
+
+func (h *Hook) st() *Store { return h.cur.Load() }
 
 // ID implements mqtt.Hook.
 func (h *Hook) ID() string { return "moat-store" }
@@ -25,7 +39,7 @@ func (h *Hook) ID() string { return "moat-store" }
 // Provides implements mqtt.Hook.
 func (h *Hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWillSent,
 		mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
@@ -35,20 +49,49 @@ func (h *Hook) Provides(b byte) bool {
 }
 
 // OnPublish refuses retained publishes once a write has failed, so nothing
-// is acknowledged that was not saved. MQTT 5 at QoS>0 gets a 0x80 PUBACK/PUBREC;
-// a 3.1.1 client at QoS>0 has no way to hear a refusal, so its connection is
-// closed; QoS 0 is dropped.
+// is acknowledged that was not saved, and makes a QoS 1/2 publish that
+// stored sessions subscribe to durable before mochi acknowledges it (see
+// pending.go). A refusal reaches MQTT 5 clients at QoS>0 as a 0x80
+// PUBACK/PUBREC; a 3.1.1 client at QoS>0 has no way to hear one, so its
+// connection is closed; QoS 0 is dropped.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !pk.FixedHeader.Retain {
+	if pk.FixedHeader.Retain {
+		st := h.st()
+		err := st.Healthy()
+		if err == nil && st.isClosed() {
+			err = ErrClosed
+		}
+		if err != nil {
+			return refuse(cl, pk, err)
+		}
+	}
+	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
 		return pk, nil
 	}
-	err := h.s.Healthy()
-	if err == nil && h.s.isClosed() {
-		err = ErrClosed
-	}
-	if err == nil {
+	st := h.st()
+	srv := st.srv.Load()
+	if srv == nil {
 		return pk, nil
 	}
+	t := st.pendingTargets(srv, &pk, cl.ID)
+	if len(t) == 0 {
+		return pk, nil
+	}
+	b := st.beginFanout(cl, &pk, t)
+	if oc, ok := cl.Net.Conn.(orderedConn); ok {
+		// The ack mochi writes next waits in the connection's stream.
+		oc.WriteAfter(b.done, func() error { return b.err }, failAck(cl, pk))
+		return pk, nil
+	}
+	<-b.done
+	if b.err != nil {
+		return refuse(cl, pk, b.err)
+	}
+	return pk, nil
+}
+
+// refuse answers a publish the store could not take.
+func refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
 	if pk.FixedHeader.Qos > 0 && !cl.Net.Inline {
 		if cl.Properties.ProtocolVersion == 5 {
 			if pk.FixedHeader.Qos == 1 {
@@ -56,45 +99,62 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			}
 			// mochi answers a refused QoS 2 with a PUBACK, which clients
 			// reject: send the PUBREC ourselves and let mochi drop it.
-			_ = cl.WritePacket(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
-				PacketID:    pk.PacketID,
-				ReasonCode:  packets.ErrUnspecifiedError.Code,
-			})
+			_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
 			return pk, packets.ErrRejectPacket
 		}
-		cl.Stop(fmt.Errorf("retained message refused: %w", err))
+		cl.Stop(fmt.Errorf("publish refused: %w", err))
 	}
 	return pk, packets.ErrRejectPacket
 }
 
+// OnPublished ends the publish's fan-out: its sessions' records and the
+// deletion of its pending record are committed together.
+func (h *Hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.st().endFanout(cl) }
+
 // OnRetainMessage runs after mochi updated its in-memory retained set and
-// before it writes the PUBACK/PUBREC, which waits for this call: QoS 1/2
-// returns only once the value is on disk. If that write failed, the
-// connection is closed here so the ack that follows cannot be written.
+// before it writes the PUBACK/PUBREC: a QoS 1/2 value reaches the client's
+// ack only once it is on disk. On Moat's listeners the ack is held in the
+// connection's outbound stream until the commit (so the client's next
+// packets are read meanwhile and share the commit); elsewhere this call
+// waits. If the write failed, the ack is never written: MQTT 5 clients get
+// 0x80 instead, and the connection is closed.
 func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	st := h.st()
 	wait := pk.FixedHeader.Qos > 0
-	err := h.s.saveRetained(pk.TopicName, &pk, wait)
+	acked := wait && !cl.Net.Inline && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed()
+	if oc, ok := cl.Net.Conn.(orderedConn); ok && acked {
+		b := st.queueRetained(pk.TopicName, &pk, true)
+		oc.WriteAfter(b.done, func() error { return b.err }, failAck(cl, pk))
+		return
+	}
+	err := st.saveRetained(pk.TopicName, &pk, wait)
 	if err == nil || cl.Net.Inline {
 		return
 	}
-	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed() {
-		ack := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Puback},
-			PacketID:    pk.PacketID,
-			ReasonCode:  packets.ErrUnspecifiedError.Code,
-		}
-		if pk.FixedHeader.Qos == 2 {
-			ack.FixedHeader.Type = packets.Pubrec
-		}
-		_ = cl.WritePacket(ack)
+	if acked && cl.Properties.ProtocolVersion == 5 {
+		_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
 	}
 	cl.Stop(fmt.Errorf("retained message not saved: %w", err))
 }
 
+// orderedConn is a connection that can hold its writes until a commit is
+// known (Moat's listeners).
+type orderedConn interface {
+	WriteAfter(done <-chan struct{}, result func() error, onFail []byte)
+}
+
+// failAck is what an MQTT 5 client gets instead of its ack when the
+// commit fails: the ack with 0x80. 3.1.1 has no negative ack.
+func failAck(cl *mqtt.Client, pk packets.Packet) []byte {
+	if cl.Properties.ProtocolVersion != 5 {
+		return nil
+	}
+	return mochi.AckBytes(pk, packets.ErrUnspecifiedError.Code)
+}
+
 // OnRetainedExpired removes a retained message mochi expired.
 func (h *Hook) OnRetainedExpired(topic string) {
-	_ = h.s.saveRetained(topic, nil, false)
+	_ = h.st().saveRetained(topic, nil, false)
 }
 
 // persistent mirrors mochi's rule for a session that outlives its connection.
@@ -155,7 +215,7 @@ func (s *Store) hasSession(id string) bool {
 // state after CONNACK (inherited subscriptions and in-flight included), or
 // drops it when the new connection is not persistent.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if !s.current(cl) {
 		return
 	}
@@ -179,7 +239,8 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect keeps the record (its Will may have changed) or drops an
 // expiring session.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	s := h.s
+	s := h.st()
+	s.endFanout(cl) // a publish whose ack could not be written
 	if !s.current(cl) {
 		return
 	}
@@ -193,18 +254,18 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 // OnClientExpired drops a session mochi expired.
-func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.s.forget(cl.ID) }
+func (h *Hook) OnClientExpired(cl *mqtt.Client) { h.st().forget(cl.ID) }
 
 // OnWillSent stores the client record with its Will now cleared.
 func (h *Hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	if h.s.current(cl) && h.s.hasSession(cl.ID) {
-		h.s.enqueue(clientOp(cl))
+	if s := h.st(); s.current(cl) && s.hasSession(cl.ID) {
+		s.enqueue(clientOp(cl))
 	}
 }
 
 // OnSubscribed stores the granted subscriptions.
 func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	s := h.s
+	s := h.st()
 	if !persistent(cl) || !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
@@ -221,7 +282,7 @@ func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 
 // OnUnsubscribed removes subscriptions.
 func (h *Hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
@@ -234,11 +295,15 @@ func (h *Hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // OnQosPublish stores a queued or in-flight QoS 1/2 message.
 func (h *Hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	s := h.s
+	s := h.st()
 	if !persistent(cl) || !s.current(cl) || !s.hasSession(cl.ID) {
 		return
 	}
-	s.enqueue(op{kind: opPut, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID), val: appendMessage(nil, &pk)})
+	origin := ""
+	if pk.FixedHeader.Type == packets.Publish {
+		origin = pk.Origin
+	}
+	s.sessionOp(origin, op{kind: opPut, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID), val: appendMessage(nil, &pk)})
 }
 
 // OnQosComplete removes a finished in-flight message.
@@ -248,9 +313,9 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.dropInfligh
 func (h *Hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.dropInflight(cl, pk) }
 
 func (h *Hook) dropInflight(cl *mqtt.Client, pk packets.Packet) {
-	s := h.s
+	s := h.st()
 	if cl.Net.Inline || cl.IsTakenOver() || !s.hasSession(cl.ID) {
 		return
 	}
-	s.enqueue(op{kind: opDel, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID)})
+	s.sessionOp("", op{kind: opDel, bucket: bucketInflight, key: inflightKey(cl.ID, pk.PacketID)})
 }

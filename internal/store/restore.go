@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 	now := start.Unix()
 	var expired [][]byte
 	persisted := map[string]struct{}{}
+	var pendingOps []op
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketClients).ForEach(func(k, v []byte) error {
 			rec, err := decodeClient(v)
@@ -100,6 +102,10 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 		}); err != nil {
 			return err
 		}
+		var err error
+		if pendingOps, err = s.restorePending(tx, srv, now, &st); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketRetained).ForEach(func(k, v []byte) error {
 			pk, err := decodeMessage(v)
 			if err == nil && pk.TopicName != string(k) {
@@ -129,9 +135,66 @@ func (s *Store) Restore(srv *mqtt.Server) (Stats, error) {
 	for _, k := range expired {
 		s.enqueueLocked(false, op{kind: opRetained, key: k})
 	}
+	if len(pendingOps) > 0 {
+		s.enqueueLocked(false, pendingOps...)
+	}
 	s.mu.Unlock()
 	st.Duration = time.Since(start)
 	s.log.Info("store restored", "file", s.file, "retained", st.Retained, "expired", st.Expired,
+		"sessions", st.Clients, "subscriptions", st.Subscriptions, "inflight", st.Inflight, "pending", st.Pending, "took", st.Duration)
+	return st, nil
+}
+
+// Adopt replaces everything in the store with srv's state — retained
+// messages and persistent sessions with their subscriptions and queued
+// messages — and binds it to srv, returning once that is on disk. It is
+// for a store re-opened under a running broker (the mount died and came
+// back): what was refused or lost meanwhile is in memory, and memory is
+// what clients were told. Call it after Hook().Switch to this store.
+func (s *Store) Adopt(srv *mqtt.Server) (Stats, error) {
+	start := time.Now()
+	var st Stats
+	if srv == nil {
+		return st, errors.New("store: Adopt needs a server")
+	}
+	if !s.srv.CompareAndSwap(nil, srv) {
+		return st, errors.New("store: already bound to a server")
+	}
+	s.mu.Lock()
+	ops := []op{{kind: opWipe}}
+	for topic, pk := range srv.Topics.Retained.GetAll() {
+		// mochi's own $SYS values are retained in memory, never stored.
+		if len(pk.Payload) == 0 || strings.HasPrefix(topic, "$SYS/") {
+			continue
+		}
+		ops = append(ops, op{kind: opRetained, key: []byte(topic), pk: &pk})
+		st.Retained++
+	}
+	s.persisted = map[string]struct{}{}
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Inline || !persistent(cl) {
+			continue
+		}
+		s.persisted[cl.ID] = struct{}{}
+		ops = append(ops, clientOp(cl))
+		st.Clients++
+		for _, sub := range cl.State.Subscriptions.GetAll() {
+			ops = append(ops, subOp(cl.ID, &sub))
+			st.Subscriptions++
+		}
+		for _, m := range cl.State.Inflight.GetAll(false) {
+			ops = append(ops, op{kind: opPut, bucket: bucketInflight, key: inflightKey(cl.ID, m.PacketID), val: appendMessage(nil, &m)})
+			st.Inflight++
+		}
+	}
+	b := s.enqueueLocked(true, ops...)
+	s.mu.Unlock()
+	<-b.done
+	st.Duration = time.Since(start)
+	if b.err != nil {
+		return st, b.err
+	}
+	s.log.Info("store rewritten from memory", "file", s.file, "retained", st.Retained,
 		"sessions", st.Clients, "subscriptions", st.Subscriptions, "inflight", st.Inflight, "took", st.Duration)
 	return st, nil
 }

@@ -33,6 +33,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // DefaultQoS0Flush bounds how long a change nobody waits for (QoS 0
@@ -49,7 +50,7 @@ var (
 	bucketSubs     = []byte("subs")
 	bucketInflight = []byte("inflight")
 	keySchema      = []byte("schema")
-	dataBuckets    = [][]byte{bucketRetained, bucketClients, bucketSubs, bucketInflight}
+	dataBuckets    = [][]byte{bucketRetained, bucketClients, bucketSubs, bucketInflight, bucketPending}
 )
 
 // Options configures Open.
@@ -78,6 +79,7 @@ type Stats struct {
 	Clients       int           // persistent sessions restored
 	Subscriptions int           // their subscriptions
 	Inflight      int           // their queued and in-flight QoS 1/2 messages
+	Pending       int           // messages queued from pending records a crash left
 	Orphans       int           // session records without a client record, skipped
 	Duration      time.Duration // from the start of Restore to its end
 }
@@ -89,6 +91,7 @@ const (
 	opPut                     // bucket/key = val
 	opDel                     // bucket/key
 	opDelClient               // key client id: record, subscriptions, in-flight
+	opWipe                    // every data bucket emptied
 )
 
 type op struct {
@@ -124,6 +127,10 @@ type Store struct {
 	cur       *batch
 	closed    bool
 	persisted map[string]struct{} // client ids with a stored session
+	fan       map[string]*fanout  // publishes between pending record and fan-out end, by publisher id
+	held      map[string]*fanout  // their held-back in-flight records, by key
+	seq       atomic.Uint64       // last pending record key
+	active    atomic.Int32        // len(fan), read without the lock
 
 	kick   chan struct{}
 	urgent chan struct{}
@@ -159,6 +166,9 @@ func Open(o Options) (*Store, error) {
 			return root.OpenFile(name, flag, perm)
 		},
 	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("store %s: open: %w", o.File, ErrInUse)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store %s: open: %w", o.File, err)
 	}
@@ -171,6 +181,8 @@ func Open(o Options) (*Store, error) {
 		onCommit:     o.OnCommit,
 		cur:          newBatch(),
 		persisted:    map[string]struct{}{},
+		fan:          map[string]*fanout{},
+		held:         map[string]*fanout{},
 		kick:         make(chan struct{}, 1),
 		urgent:       make(chan struct{}, 1),
 		stop:         make(chan struct{}),
@@ -221,9 +233,17 @@ func (s *Store) initSchema() error {
 			return fmt.Errorf("unsupported schema version %d (this build reads %d)", v, schemaVersion)
 		}
 		for _, name := range dataBuckets {
-			if tx.Bucket(name) == nil {
-				return fmt.Errorf("bucket %q missing", name)
+			if tx.Bucket(name) != nil {
+				continue
 			}
+			if bytes.Equal(name, bucketPending) {
+				// Files from before pending records: nothing was pending.
+				if _, err := tx.CreateBucket(name); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("bucket %q missing", name)
 		}
 		return nil
 	})
@@ -372,6 +392,16 @@ func (s *Store) commit(ops []op) error {
 				err = tx.Bucket(o.bucket).Put(o.key, o.val)
 			case opDel:
 				err = tx.Bucket(o.bucket).Delete(o.key)
+			case opWipe:
+				for _, name := range dataBuckets {
+					if err = tx.DeleteBucket(name); err == nil {
+						_, err = tx.CreateBucket(name)
+					}
+					if err != nil {
+						break
+					}
+				}
+				ret, subs, infl, cls = tx.Bucket(bucketRetained), tx.Bucket(bucketSubs), tx.Bucket(bucketInflight), tx.Bucket(bucketClients)
 			case opDelClient:
 				if err = cls.Delete(o.key); err == nil {
 					prefix := clientPrefix(string(o.key))
@@ -411,7 +441,19 @@ func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 // publish that triggered the call), so memory and disk see the same order.
 // With wait it returns once that value is on disk.
 func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) error {
+	b := s.queueRetained(topic, fallback, wait)
+	if !wait {
+		return nil
+	}
+	<-b.done
+	return b.err
+}
+
+// queueRetained queues the value as saveRetained does and returns its
+// batch; urgent commits it without the flush delay.
+func (s *Store) queueRetained(topic string, fallback *packets.Packet, urgent bool) *batch {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var val *packets.Packet
 	if srv := s.srv.Load(); srv != nil {
 		if pk, ok := srv.Topics.Retained.Get(topic); ok && len(pk.Payload) > 0 {
@@ -421,11 +463,5 @@ func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) 
 		pk := fallback.Copy(false)
 		val = &pk
 	}
-	b := s.enqueueLocked(wait, op{kind: opRetained, key: []byte(topic), pk: val})
-	s.mu.Unlock()
-	if !wait {
-		return nil
-	}
-	<-b.done
-	return b.err
+	return s.enqueueLocked(urgent, op{kind: opRetained, key: []byte(topic), pk: val})
 }

@@ -122,7 +122,7 @@ func (b *bench) newBroker(name string) (*broker, error) {
 	cipher := filepath.Join(dir, "cipher")
 	if name == "moat" {
 		conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s\n"+
-			"persistence_cipher_dir %s\npersistence_key_file %s\ngocryptfs_path %s\nadmin_listener 127.0.0.1:%d\nlog_type error\n",
+			"persistence_cipher_dir %s\npersistence_key_file %s\ngocryptfs_path %s\nadmin_listener 127.0.0.1:%d\nlog_type error\nmax_queued_messages 1000000\n",
 			br.port, mnt, cipher, key, b.gc, br.adminPort)
 		b.mounts = append(b.mounts, mnt)
 		return br, os.WriteFile(filepath.Join(dir, "moat.conf"), []byte(conf), 0o600)
@@ -156,7 +156,7 @@ func (br *broker) configure(bulk bool) error {
 		save = "autosave_interval 3600\n"
 	}
 	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n%s"+
-		"user root\nlog_type error\n", br.port, filepath.Join(br.dir, "plain"), save)
+		"user root\nlog_type error\nmax_queued_messages 1000000\n", br.port, filepath.Join(br.dir, "plain"), save)
 	return os.WriteFile(filepath.Join(br.dir, "moat.conf"), []byte(conf), 0o600)
 }
 
@@ -258,6 +258,47 @@ func publish(addr, prefix string, base, n, window, topics, limit int, payload in
 	return total.Load()
 }
 
+// queuedRate measures QoS 1 publishes per second from 16 publishers
+// (one PUBACK awaited at a time) to a topic that sessions persistent
+// subscribers hold offline; sessions 0 measures the same without them.
+func queuedRate(addr string, sessions int, dur time.Duration) (float64, error) {
+	tag := fmt.Sprintf("q%d-%d", sessions, time.Now().UnixNano())
+	for i := range sessions {
+		c, ack, err := mqtttest.Dial(addr, mqtttest.Options{ClientID: fmt.Sprintf("%s-sub-%d", tag, i), Persistent: true, KeepAlive: 120, Timeout: 30 * time.Second})
+		if err != nil || ack.ReasonCode != 0 {
+			return 0, fmt.Errorf("subscriber: %v (0x%02x)", err, ack.ReasonCode)
+		}
+		if err := c.SendSubscribe(1, 1, tag+"/#"); err != nil {
+			return 0, err
+		}
+		if _, ok := c.WaitPacket(packets.Suback, 1, 30*time.Second); !ok {
+			return 0, errors.New("no SUBACK")
+		}
+		_ = c.Disconnect()
+		c.Close()
+	}
+	stop := make(chan struct{})
+	time.AfterFunc(dur, func() { close(stop) })
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for p := range 16 {
+		c, err := dial(addr, fmt.Sprintf("%s-pub-%d", tag, p))
+		if err != nil {
+			return 0, err
+		}
+		seq := 0
+		wg.Go(func() {
+			_ = c.PublishWindow(1, stop, func() (mqtttest.Msg, bool) {
+				seq++
+				return mqtttest.Msg{Topic: fmt.Sprintf("%s/%d", tag, p), Payload: []byte(strconv.Itoa(seq))}, true
+			}, func(mqtttest.Msg, byte) { total.Add(1) })
+		})
+	}
+	wg.Wait()
+	return float64(total.Load()) / time.Since(t0).Seconds(), nil
+}
+
 // retainedAll collects filters one after the other: Moat (mochi) drops
 // retained messages beyond a subscriber's write queue (1024).
 func retainedAll(addr string, filters []string, quiet time.Duration) (map[string]int, error) {
@@ -341,6 +382,24 @@ func (b *bench) run(reps int, dur time.Duration, killSet, startSet int) error {
 				acks := publish(br.addr(), fmt.Sprintf("rate%d", n), 0, n, 1, 1000, 0, 64, stop, nil, nil)
 				k := fmt.Sprintf("%s %d", name, n)
 				rate[k] = append(rate[k], float64(acks)/time.Since(t0).Seconds())
+			}
+			{
+				// One client with 500 in flight: a gateway publishing its
+				// fleet's state.
+				stop := make(chan struct{})
+				time.AfterFunc(dur, func() { close(stop) })
+				t0 := time.Now()
+				acks := publish(br.addr(), "pipe", 0, 1, 500, 100000, 0, 64, stop, nil, nil)
+				k := name + " pipe"
+				rate[k] = append(rate[k], float64(acks)/time.Since(t0).Seconds())
+			}
+			for _, n := range []int{0, 4} {
+				q, err := queuedRate(br.addr(), n, dur)
+				if err != nil {
+					return err
+				}
+				k := fmt.Sprintf("%s q%d", name, n)
+				rate[k] = append(rate[k], q)
 			}
 
 			br.stop(syscall.SIGTERM)
@@ -426,12 +485,16 @@ func (b *bench) run(reps int, dur time.Duration, killSet, startSet int) error {
 	}
 	row("durable retained saves/s, 1 QoS 1 publisher", "%.0f", func(n string) float64 { return median(rate[n+" 1"]) })
 	row("durable retained saves/s, 16 QoS 1 publishers", "%.0f", func(n string) float64 { return median(rate[n+" 16"]) })
+	row("durable retained saves/s, 1 publisher, 500 in flight", "%.0f", func(n string) float64 { return median(rate[n+" pipe"]) })
+	row("QoS 1 publishes/s, 16 publishers, no subscribers", "%.0f", func(n string) float64 { return median(rate[n+" q0"]) })
+	row("  the same to 4 offline persistent sessions", "%.0f", func(n string) float64 { return median(rate[n+" q4"]) })
 	row(fmt.Sprintf("kill -9 at %dk retained: acknowledged topics lost", killSet/1000), "%.0f", func(n string) float64 { return median(lost[n]) })
 	row("  (topics acknowledged during the killed run)", "%.0f", func(n string) float64 { return median(ackedAtKill[n]) })
 	row(fmt.Sprintf("start to listener up, %dk retained (s)", startSet/1000), "%.2f", func(n string) float64 { return median(startup[n]) })
 	row("memory per retained message (bytes)", "%.0f", func(n string) float64 { return mem[n] })
 	fmt.Println("kill -9: 20 QoS 1 publishers (one PUBACK awaited at a time) over the set for 1.5 s, then SIGKILL and restart;")
 	fmt.Println("  lost = topics whose value after restart is older than the last acknowledged one")
+	fmt.Println("offline sessions: Moat writes each such publish to disk before its PUBACK; mosquitto keeps it in memory until its next autosave")
 	fmt.Println("mosquitto saves with autosave_interval 1 + autosave_on_changes true (loading for start-up: one save at shutdown)")
 	fmt.Println("memory: Moat = Go heap in use (admin /metrics), mosquitto = RSS; both after a restart")
 	return nil

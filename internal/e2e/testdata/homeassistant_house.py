@@ -263,7 +263,8 @@ class Peer:
 class House:
     def __init__(self, cfg):
         self.host, self.port, self.pw = cfg["host"], cfg["port"], cfg["passwords"]
-        self.wss_port, self.ca_file = cfg["wss_port"], cfg["ca_file"]
+        # Without a WSS listener (wss_port absent) the restart uses TCP.
+        self.wss_port, self.ca_file = cfg.get("wss_port"), cfg.get("ca_file")
         self.out = {"paho": getattr(paho.mqtt, "__version__", "?"), "callback_api": 2 if V2 else 1}
         self.probe_n = 0
 
@@ -523,7 +524,7 @@ class House:
         zm = self.z2m.mark()
         # The ESPHome node retained its relay state after the command.
         ha2 = self.ha_start("ha_restarted", RETAINED_AT_START + ["livingroom/switch/relay/state"],
-                            v5=True, wss=True)
+                            v5=True, wss=self.wss_port is not None)
         r["zigbee2mqtt_saw_birth"] = self.z2m.wait_msg("homeassistant/status", "online", mark=zm)
         # The discovery filters of Home Assistant 2021-2024.
         r["legacy_discovery"] = [

@@ -1,4 +1,4 @@
-package broker
+package mochi
 
 import (
 	"bufio"
@@ -23,10 +23,17 @@ func (*allowAll) Provides(b byte) bool {
 func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
 
-func TestDeliveryCounterOnPinnedMochi(t *testing.T) {
+// The reach-ins fit the pinned mochi; another layout is refused.
+func TestVerifyOnPinnedMochi(t *testing.T) {
 	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
-	if _, err := deliveryCounter(srv.NewClient(nil, "l", "c", false)); err != nil {
+	if err := Verify(srv); err != nil {
 		t.Fatalf("mochi's layout changed: %v", err)
+	}
+	if err := StopRetainedSweep(srv); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deliveryCounter(&mqtt.Client{}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -37,7 +44,7 @@ func TestClientPacketIDsDoNotCollideWithDeliveries(t *testing.T) {
 		srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler), InlineClient: true})
 		srv.AddHook(&allowAll{}, nil)
 		if fix {
-			srv.AddHook(&packetIDs{}, nil)
+			srv.AddHook(&PacketIDs{}, nil)
 		}
 		ln := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
 		if err := srv.AddListener(ln); err != nil {

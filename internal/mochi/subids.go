@@ -1,4 +1,4 @@
-package broker
+package mochi
 
 import (
 	"slices"
@@ -9,22 +9,22 @@ import (
 	"github.com/moat-mqtt/moat/internal/acl"
 )
 
-// subIDs adds the subscription identifiers mochi leaves out of retained
+// SubscriptionIDs adds the subscription identifiers mochi leaves out of retained
 // messages sent on SUBSCRIBE: it builds them only when merging subscribers
 // for live messages. MQTT 5 clients such as Home Assistant route messages
 // by these identifiers.
-type subIDs struct{ mqtt.HookBase }
+type SubscriptionIDs struct{ mqtt.HookBase }
 
-var _ mqtt.Hook = (*subIDs)(nil)
+var _ mqtt.Hook = (*SubscriptionIDs)(nil)
 
-func (*subIDs) ID() string { return "moat-subscription-ids" }
+func (*SubscriptionIDs) ID() string { return "moat-subscription-ids" }
 
-func (*subIDs) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+func (*SubscriptionIDs) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
 
 // OnPacketEncode fills in the identifiers of the client's subscriptions
 // matching a retained PUBLISH that carries none. Live messages already
 // carry theirs, so only retained deliveries pay for the lookup.
-func (*subIDs) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (*SubscriptionIDs) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type != packets.Publish || !pk.FixedHeader.Retain ||
 		cl.Properties.ProtocolVersion != 5 || len(pk.Properties.SubscriptionIdentifier) > 0 {
 		return pk
