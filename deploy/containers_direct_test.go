@@ -242,7 +242,9 @@ func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 			}
 			return ""
 		})
-		// Kill gocryptfs: the mount dies under the running broker.
+		// Kill gocryptfs with its cipher directory made unreadable: the
+		// mount dies under the running broker and cannot come back.
+		p.Must(time.Minute, "exec", name, "chmod", "000", "/mosquitto/encrypted")
 		pids := p.Must(time.Minute, "top", name, "hpid", "comm")
 		killed := false
 		for _, l := range strings.Split(pids, "\n") {
@@ -264,6 +266,16 @@ func testDirect(t *testing.T, p *containertest.Podman, tag string) {
 			return ""
 		})
 		t.Logf("logs after the mount died: %s", lastLines(p.Logs(name), 10))
+		// Once the directory is usable again Moat remounts, re-opens its
+		// store and reports healthy without a restart.
+		p.Must(time.Minute, "exec", name, "chmod", "700", "/mosquitto/encrypted")
+		waitFor(t, 90*time.Second, "healthy again after the remount", func() string {
+			out, err := p.Try(time.Minute, "healthcheck", "run", name)
+			if err != nil {
+				return err.Error() + " " + out
+			}
+			return ""
+		})
 	})
 	t.Logf("deploy/direct checks took %v", time.Since(start).Round(time.Second))
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/moattest/brokertest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
@@ -66,19 +67,7 @@ func storedRetained(t *testing.T, conf string) int {
 
 func startBroker(t *testing.T, conf string) *broker.Broker {
 	t.Helper()
-	cfg, err := config.Load(conf, os.Getenv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close(context.Background()) })
-	return b
+	return brokertest.RunFile(t, conf, brokertest.Options{Env: os.Getenv}).Broker
 }
 
 // The retained messages mosquitto 2.0.11 wrote reach subscribers of Moat

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,7 +16,7 @@ import (
 
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs/acmetest"
-	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/moattest/brokertest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
@@ -28,7 +27,7 @@ type acmeBroker struct {
 	b      *broker.Broker
 	ca     *acmetest.CA
 	pool   *x509.CertPool
-	cfg    *config.Config
+	conf   string // moat.conf
 	getenv func(string) string
 }
 
@@ -63,29 +62,16 @@ acme_state_dir %s
 		"LEGO_CA_CERTIFICATES":     ca.RootsFile,
 	}
 	getenv := func(k string) string { return env[k] }
-	cfg, err := config.Load(path, getenv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lw := &logBuffer{}
-	b, err := broker.New(broker.Options{Config: cfg, Env: getenv, Logger: slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r := brokertest.RunFile(t, path, brokertest.Options{Env: getenv})
+	b := r.Broker
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		b.Close(ctx)
-		if strings.Contains(lw.String(), acmetest.Token) {
+		if strings.Contains(r.Logs.String(), acmetest.Token) {
 			t.Error("the Cloudflare token appeared in the logs")
 		}
 	})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.RootPEM())
-	return &acmeBroker{b: b, ca: ca, pool: pool, cfg: cfg, getenv: getenv}
+	return &acmeBroker{b: b, ca: ca, pool: pool, conf: path, getenv: getenv}
 }
 
 func (a *acmeBroker) tlsConfig() *tls.Config {

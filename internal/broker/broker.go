@@ -25,6 +25,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/auth"
 	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/limits"
 	"github.com/moat-mqtt/moat/internal/listen"
 	"github.com/moat-mqtt/moat/internal/metrics"
 	"github.com/moat-mqtt/moat/internal/mochi"
@@ -147,10 +148,26 @@ func New(o Options) (*Broker, error) {
 		Logger:  log.With("component", "auth"),
 		Context: b.ctx,
 	})
-	// The auth hook goes first and alone decides authentication and ACLs;
-	// no permissive hook is ever added (mochi ORs them).
+	// The limits hook goes first: its refusals are cheap and come before
+	// any password verification. It never allows anything.
+	lim := limits.New(limits.Options{
+		Server:             b.srv,
+		Settings:           limitSettings(cfg),
+		UsernameIsClientID: cfg.UseUsernameAsClientID,
+		Events:             b.met,
+		Logger:             log.With("component", "limits"),
+	})
+	if err := b.srv.AddHook(lim, nil); err != nil {
+		return nil, fmt.Errorf("limits hook: %w", err)
+	}
+	// The auth hook alone decides authentication and ACLs; no permissive
+	// hook is ever added (mochi ORs them).
 	if err := b.srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("auth hook: %w", err)
+	}
+	// Sessions per user are counted once the credentials are verified.
+	if err := b.srv.AddHook(lim.Sessions(), nil); err != nil {
+		return nil, fmt.Errorf("limits session hook: %w", err)
 	}
 	if err := b.srv.AddHook(b.auth.DeliveryGuard(), nil); err != nil {
 		return nil, fmt.Errorf("delivery guard hook: %w", err)
@@ -217,6 +234,21 @@ func capabilities(cfg *config.Config) *mqtt.Capabilities {
 	// a client sends back at it.
 	c.Compatibilities.NoInheritedPropertiesOnAck = true
 	return c
+}
+
+// limitSettings are the quota settings for the limits hook.
+func limitSettings(cfg *config.Config) limits.Settings {
+	q := cfg.Quotas
+	return limits.Settings{
+		MaxTopicLength:          q.MaxTopicLength,
+		MaxTopicLevels:          q.MaxTopicLevels,
+		MaxClientIDLength:       q.MaxClientIDLength,
+		MaxConnectSize:          q.MaxConnectSize,
+		MaxSubscriptions:        q.MaxSubscriptions,
+		MaxSessionsPerUser:      q.MaxSessionsPerUser,
+		MaxRetainedPerUser:      q.MaxRetainedPerUser,
+		MaxRetainedBytesPerUser: q.MaxRetainedBytesPerUser,
+	}
 }
 
 // Server exposes the mochi server (tests, the persistence wiring).

@@ -92,7 +92,7 @@ func TestParallelGuessesAreNotHashed(t *testing.T) {
 	// A legitimate login from another address while the flood runs: once
 	// the broker has answered a first guess.
 	deadline := time.Now().Add(waitLong)
-	for len(tb.logs.lines("authentication failed", "ip="+attacker+" ")) == 0 && time.Now().Before(deadline) {
+	for len(tb.logs.Lines("authentication failed", "ip="+attacker+" ")) == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	o := as(5, "alice", "legit")
@@ -101,7 +101,7 @@ func TestParallelGuessesAreNotHashed(t *testing.T) {
 	connect(t, tb.addr, o).disconnect()
 	delay := time.Since(t0)
 	<-done
-	hashed := len(tb.logs.lines("authentication failed", "ip="+attacker+" ", "reason=bad_credentials"))
+	hashed := len(tb.logs.Lines("authentication failed", "ip="+attacker+" ", "reason=bad_credentials"))
 	t.Logf("300 parallel wrong passwords from one address: %d verified, CONNACK codes %v; login from elsewhere took %v", hashed, codes, delay.Round(time.Millisecond))
 	// A first ban lasts 2 s and doubles: a machine slow enough for the
 	// flood to outlast bans lets one more guess through as each ends.
@@ -247,7 +247,7 @@ func TestBansGroupIPv6ByPrefixBehindProxy(t *testing.T) {
 	}
 	_ = c.Close()
 	connect(t, tb.addr, as(4, "alice", "direct")).disconnect()
-	if n := len(tb.logs.lines("ban started", "network=2001:db8:")); n == 0 {
+	if n := len(tb.logs.Lines("ban started", "network=2001:db8:")); n == 0 {
 		t.Errorf("no ban line naming the /64:\n%s", tb.logs)
 	}
 }
@@ -284,7 +284,7 @@ func TestBannedFloodLogBounded(t *testing.T) {
 	var summary []string
 	for len(summary) == 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		summary = tb.logs.lines("repeated refusals not logged", "network="+attacker+"/32", "suppressed=")
+		summary = tb.logs.Lines("repeated refusals not logged", "network="+attacker+"/32", "suppressed=")
 	}
 	if len(summary) == 0 {
 		tail := tb.logs.String()

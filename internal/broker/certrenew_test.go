@@ -8,6 +8,7 @@ import (
 
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs"
+	"github.com/moat-mqtt/moat/internal/config"
 )
 
 // `moat cert renew` beside a running broker stores a new certificate; the
@@ -27,7 +28,11 @@ func TestManualRenewServedAfterReload(t *testing.T) {
 	first := serial()
 
 	// What `moat cert renew -c FILE` does: its own manager on the same state.
-	m, err := certs.NewManager(broker.ACMEOptions(a.cfg, a.getenv))
+	cfg, err := config.Load(a.conf, a.getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := certs.NewManager(broker.ACMEOptions(cfg, a.getenv))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,16 +3,14 @@ package broker_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs/acmetest"
-	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/moattest"
+	"github.com/moat-mqtt/moat/internal/moattest/brokertest"
 )
 
 // A stop while a certificate order waits for DNS propagation (lego gives
@@ -27,38 +25,18 @@ func TestCloseBoundedDuringIssuance(t *testing.T) {
 	conf := fmt.Sprintf("listener 0 127.0.0.1\nlistener 0 127.0.0.1\ntls acme\nallow_anonymous true\nadmin_listener off\n"+
 		"acme_domain mqtt.%s\nacme_directory %s\nacme_profile %s\nacme_dns_resolvers %s\nacme_dns_propagation_check true\nacme_state_dir %s\n",
 		acmetest.Zone, ca.DirURL, acmetest.Profile, cf.DNSAddr, filepath.Join(dir, "acme"))
-	path := filepath.Join(dir, "moat.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	env := map[string]string{"CLOUDFLARE_DNS_API_TOKEN": acmetest.Token, "CLOUDFLARE_BASE_URL": cf.BaseURL, "LEGO_CA_CERTIFICATES": ca.RootsFile}
-	getenv := func(k string) string { return env[k] }
-	cfg, err := config.Load(path, getenv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg, Env: getenv, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r := brokertest.RunBroker(t, conf, brokertest.Options{Dir: dir, Env: func(k string) string { return env[k] }})
+	b := r.Broker
 	// Let the order reach the propagation wait.
-	deadline := time.Now().Add(20 * time.Second)
-	for ca.Orders() == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if ca.Orders() == 0 {
-		t.Fatal("no certificate order was placed")
-	}
+	moattest.Eventually(t, 20*time.Second, "a certificate order", func() bool { return ca.Orders() > 0 })
 	time.Sleep(500 * time.Millisecond)
 
 	grace := 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	start := time.Now()
-	err = b.Close(ctx)
+	err := b.Close(ctx)
 	took := time.Since(start)
 	t.Logf("Close during issuance returned after %v: %v", took.Round(time.Millisecond), err)
 	if took > grace+5*time.Second {

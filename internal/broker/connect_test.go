@@ -67,7 +67,7 @@ func TestConnackCodes(t *testing.T) {
 			})
 		}
 	}
-	for _, line := range hardened.logs.lines("authentication failed") {
+	for _, line := range hardened.logs.Lines("authentication failed") {
 		for _, pw := range passwords {
 			if strings.Contains(line, pw) {
 				t.Errorf("a password reached the log: %s", line)
@@ -117,13 +117,13 @@ func TestBans(t *testing.T) {
 					t.Fatalf("right password right after %d failures: CONNACK 0x%02x, want 0x%02x", threshold, ack.ReasonCode, bannedCode(v))
 				}
 			}
-			if n := len(tb.logs.lines("ban started", "user=alice", "ip="+ip, "listener="+listenerID)); n == 0 {
+			if n := len(tb.logs.Lines("ban started", "user=alice", "ip="+ip, "listener="+listenerID)); n == 0 {
 				t.Errorf("no ban log line for alice from %s:\n%s", ip, tb.logs)
 			}
-			if n := len(tb.logs.lines("authentication failed", "user=alice", "ip="+ip, "listener="+listenerID, "reason=bad_credentials")); n < threshold {
+			if n := len(tb.logs.Lines("authentication failed", "user=alice", "ip="+ip, "listener="+listenerID, "reason=bad_credentials")); n < threshold {
 				t.Errorf("%d failure lines with user, ip and listener, want %d", n, threshold)
 			}
-			if n := len(tb.logs.lines("authentication failed", "user=alice", "ip="+ip, "reason=banned")); n == 0 {
+			if n := len(tb.logs.Lines("authentication failed", "user=alice", "ip="+ip, "reason=banned")); n == 0 {
 				t.Error("the banned attempt was not logged")
 			}
 

@@ -1,22 +1,19 @@
 package broker_test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/moat-mqtt/moat/internal/broker"
-	"github.com/moat-mqtt/moat/internal/config"
-	"github.com/moat-mqtt/moat/internal/logging"
+	"github.com/moat-mqtt/moat/internal/moattest"
+	"github.com/moat-mqtt/moat/internal/moattest/brokertest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
@@ -61,38 +58,8 @@ type testBroker struct {
 	logs   *logBuffer
 }
 
-// syncBuffer-backed slog output, safe for concurrent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// lines returns the log lines containing every one of the words.
-func (l *logBuffer) lines(words ...string) []string {
-	var out []string
-	for _, line := range strings.Split(l.String(), "\n") {
-		ok := line != ""
-		for _, w := range words {
-			ok = ok && strings.Contains(line, w)
-		}
-		if ok {
-			out = append(out, line)
-		}
-	}
-	return out
-}
+// logBuffer collects the broker's log lines.
+type logBuffer = moattest.LogBuffer
 
 // writePasswd writes a password file with cheap hashes.
 func writePasswd(t testing.TB, path string, users map[string]string) {
@@ -174,33 +141,8 @@ func startConf(t testing.TB, dir, conf, listener string) *testBroker {
 // startConfFormat is startConf logging in format ("" for text).
 func startConfFormat(t testing.TB, dir, conf, listener, format string) *testBroker {
 	t.Helper()
-	cfg, err := config.Load(conf, nil)
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	logs := &logBuffer{}
-	// Moat's own logging pipeline (with its redaction), at debug level.
-	lg, err := logging.New(logging.Options{Format: format, Types: map[string]bool{"all": true}, Stderr: logs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := broker.New(broker.Options{Config: cfg, Logger: lg.Logger})
-	if err != nil {
-		t.Fatalf("broker.New: %v", err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		_ = b.Close(ctx)
-	})
-	a := b.Addr(listener)
-	if a == nil {
-		t.Fatalf("no listener %s", listener)
-	}
-	return &testBroker{t: t, dir: dir, conf: conf, b: b, addr: a.String(), logs: logs}
+	r := brokertest.RunFile(t, conf, brokertest.Options{LogFormat: format})
+	return &testBroker{t: t, dir: dir, conf: conf, b: r.Broker, addr: r.MustAddr(t, listener), logs: r.Logs}
 }
 
 // ---- raw MQTT clients (internal/mqtttest), bound to the test ----

@@ -59,7 +59,7 @@ func waitLog(t *testing.T, logs *logBuffer, n int, words ...string) []string {
 	t.Helper()
 	deadline := time.Now().Add(waitLong)
 	for {
-		if l := logs.lines(words...); len(l) > n {
+		if l := logs.Lines(words...); len(l) > n {
 			return l
 		}
 		if time.Now().After(deadline) {
@@ -129,7 +129,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	}
 
 	// (a) a tab on line 2: the reload is refused, the old ACL stays.
-	refusals := len(logs.lines("reload refused"))
+	refusals := len(logs.Lines("reload refused"))
 	writeFile(t, aclPath, "pattern readwrite %u/#\npattern\treadwrite #\n")
 	hup()
 	lines := waitLog(t, logs, refusals, "reload refused")
@@ -147,7 +147,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	}
 
 	// The fixed file grants alice bob/x.
-	reloads := len(logs.lines("reloaded password and ACL files"))
+	reloads := len(logs.Lines("reloaded password and ACL files"))
 	writeFile(t, aclPath, "pattern readwrite %u/#\nuser alice\ntopic write bob/x\n")
 	hup()
 	waitLog(t, logs, reloads, "reloaded password and ACL files")
@@ -156,7 +156,7 @@ func TestReloadSIGHUP(t *testing.T) {
 	}
 
 	// (b) password_file deleted: the users stay as they were.
-	refusals = len(logs.lines("reload refused"))
+	refusals = len(logs.Lines("reload refused"))
 	if err := os.Remove(pw); err != nil {
 		t.Fatal(err)
 	}

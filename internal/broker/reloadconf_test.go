@@ -104,16 +104,16 @@ func TestReloadReadsMoatConf(t *testing.T) {
 	if !alice.waitClosed() {
 		t.Error("alice, absent from the new password_file, still connected")
 	}
-	connected := len(logs.lines("client connected"))
+	connected := len(logs.Lines("client connected"))
 	connect(t, addr, carol).disconnect()
 	if c, ack := dial(t, addr, as(5, "alice", "alice-3")); ack.ReasonCode == 0 {
 		t.Error("alice still accepted after password_file moved to passwd2")
 		c.drop()
 	}
-	if n := len(logs.lines("client connected")); n != connected {
+	if n := len(logs.Lines("client connected")); n != connected {
 		t.Errorf("connection_messages false: %d new connect lines", n-connected)
 	}
-	if len(logs.lines("pid_file is accepted and ignored")) == 0 {
+	if len(logs.Lines("pid_file is accepted and ignored")) == 0 {
 		t.Error("warning of the reloaded moat.conf not logged")
 	}
 

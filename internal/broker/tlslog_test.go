@@ -47,7 +47,7 @@ func TestFailedTLSHandshakeIsLogged(t *testing.T) {
 	}
 	waitLog(t, logs, 0, "TLS handshake failed", "unsupported versions")
 
-	before := len(logs.lines("TLS handshake failed"))
+	before := len(logs.Lines("TLS handshake failed"))
 	var wg sync.WaitGroup
 	for range 200 {
 		wg.Add(1)
@@ -64,7 +64,7 @@ func TestFailedTLSHandshakeIsLogged(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := len(logs.lines("TLS handshake failed")) - before; n > 20 {
+	if n := len(logs.Lines("TLS handshake failed")) - before; n > 20 {
 		t.Errorf("200 failed handshakes made %d log lines", n)
 	}
 	// WSS: the handshake runs in the WebSocket listener's HTTP server.

@@ -82,7 +82,7 @@ func TestWatchHalfWrittenFile(t *testing.T) {
 		<-wrote
 		waitLog(t, tb.logs, reloads, "reloaded password and ACL files")
 		reloads++
-		if got := len(tb.logs.lines("reloaded password and ACL files")); got != reloads {
+		if got := len(tb.logs.Lines("reloaded password and ACL files")); got != reloads {
 			t.Fatalf("round %d: %d reloads, want %d (one per complete file)", round, got, reloads)
 		}
 		if b, _ := os.ReadFile(tb.acl); !strings.HasSuffix(string(b), deny) {
@@ -220,7 +220,7 @@ func TestWatchMoatPasswdBinary(t *testing.T) {
 		t.Fatalf("moat passwd -D on the host copy: %v\n%s", err, out)
 	}
 	removedUserGone(t, tb, alice, "alice", bob)
-	if n := len(logs.lines("reloaded password and ACL files")); n != 1 {
+	if n := len(logs.Lines("reloaded password and ACL files")); n != 1 {
 		t.Errorf("%d reloads for one edit, want 1\n%s", n, logs)
 	}
 }

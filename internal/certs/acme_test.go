@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/moat-mqtt/moat/internal/certs/acmetest"
+	"github.com/moat-mqtt/moat/internal/moattest"
 )
 
 const testDomain = "mqtt." + acmetest.Zone
@@ -117,13 +118,7 @@ func run(t *testing.T, m *Manager) context.CancelFunc {
 
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	moattest.Eventually(t, d, what, cond)
 }
 
 func serial(t testing.TB, s Source) string {

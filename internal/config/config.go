@@ -47,6 +47,9 @@ type Config struct {
 	Admin       Admin
 	Abuse       Abuse
 
+	// Quotas bound what one client or one user may make the broker hold.
+	Quotas Quotas
+
 	// StrictSubscribe refuses subscription filters not covered by a read
 	// rule (Moat's default); false restores mosquitto's grant-and-filter.
 	StrictSubscribe bool
@@ -137,6 +140,24 @@ type Limits struct {
 	MaxQoS              byte
 	RetainAvailable     bool
 }
+
+// Quotas are per-client and per-user resource limits (Moat's own
+// settings; mosquitto has none of them). 0 disables a limit where the
+// directive allows it.
+type Quotas struct {
+	MaxTopicLength          int   // topic names and filters, bytes
+	MaxTopicLevels          int   // levels of a topic or filter
+	MaxClientIDLength       int   // bytes
+	MaxConnectSize          int   // CONNECT packet after the fixed header, bytes
+	MaxSubscriptions        int   // per session
+	MaxSessionsPerUser      int   // live and offline sessions of one username
+	MaxRetainedPerUser      int   // retained messages one user has published
+	MaxRetainedBytesPerUser int64 // their topic and payload bytes
+}
+
+// storeMaxKey is the store's largest key (bbolt): a session key is the
+// client id, a length prefix of up to 3 bytes and a filter.
+const storeMaxKey = 32768
 
 // Persistence configures the durable store.
 type Persistence struct {

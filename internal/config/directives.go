@@ -239,6 +239,36 @@ func directives() map[string]handler {
 			}
 		},
 
+		// Quotas: per-client and per-user resource limits.
+		"max_topic_length": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_topic_length", v, 1, storeMaxKey-512, &p.cfg.Quotas.MaxTopicLength)
+		},
+		"max_topic_levels": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_topic_levels", v, 1, 65535, &p.cfg.Quotas.MaxTopicLevels)
+		},
+		"max_client_id_length": func(p *parser, pos Pos, v string) {
+			// MQTT requires servers to accept 1-23 characters [MQTT-3.1.3-5].
+			p.intRange(pos, "max_client_id_length", v, 23, storeMaxKey-512, &p.cfg.Quotas.MaxClientIDLength)
+		},
+		"max_connect_size": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_connect_size", v, 0, 268435455, &p.cfg.Quotas.MaxConnectSize)
+		},
+		"max_subscriptions_per_client": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_subscriptions_per_client", v, 0, math.MaxInt32, &p.cfg.Quotas.MaxSubscriptions)
+		},
+		"max_sessions_per_user": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_sessions_per_user", v, 0, math.MaxInt32, &p.cfg.Quotas.MaxSessionsPerUser)
+		},
+		"max_retained_per_user": func(p *parser, pos Pos, v string) {
+			p.intRange(pos, "max_retained_per_user", v, 0, math.MaxInt32, &p.cfg.Quotas.MaxRetainedPerUser)
+		},
+		"max_retained_bytes_per_user": func(p *parser, pos Pos, v string) {
+			var n int
+			if p.intRange(pos, "max_retained_bytes_per_user", v, 0, math.MaxInt, &n) {
+				p.cfg.Quotas.MaxRetainedBytesPerUser = int64(n)
+			}
+		},
+
 		// Persistence.
 		"persistence": func(p *parser, pos Pos, v string) {
 			p.boolean(pos, v, &p.cfg.Persistence.Enabled)

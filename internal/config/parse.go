@@ -97,6 +97,9 @@ func newParser(env func(string) string) *parser {
 		ACME:        ACME{KeyType: "ec256", PropagationCheck: true, StateDir: "/var/lib/moat/acme", CloudflareCredentials: "/secrets/cloudflare.ini"},
 		Admin:       Admin{Listener: "127.0.0.1:7883", CertMinDays: 7},
 		Abuse:       Abuse{BanThreshold: 5, BanBase: 2e9, BanMax: 15 * 60e9, BanIPv4Prefix: 32, BanIPv6Prefix: 64},
+		Quotas:      defaultQuotas(),
+		// Sessions that are never resumed must not live for ever.
+		PersistentClientExpiration: 30 * 24 * 3600e9,
 	}
 	p := &parser{cfg: c, handlers: directives(), env: env}
 	if p.env == nil {

@@ -44,6 +44,10 @@ func reloadDecisions() map[string]Change {
 		"tls": Restart, "per_listener_settings": Restart,
 		// Ban thresholds live in the running auth hook.
 		"ban_threshold": Restart, "ban_time_max": Restart, "ban_ipv4_prefix": Restart, "ban_ipv6_prefix": Restart,
+		// Per-client and per-user resource limits live in a hook built at start.
+		"max_client_id_length": Restart, "max_connect_size": Restart, "max_retained_bytes_per_user": Restart,
+		"max_retained_per_user": Restart, "max_sessions_per_user": Restart, "max_subscriptions_per_client": Restart,
+		"max_topic_length": Restart, "max_topic_levels": Restart,
 		// mochi's capabilities are fixed when the server is built.
 		"max_packet_size": Restart, "max_inflight_messages": Restart, "max_queued_messages": Restart,
 		"max_qos": Restart, "retain_available": Restart, "persistent_client_expiration": Restart,

@@ -36,6 +36,7 @@ func (p *parser) finish() (*Config, error) {
 		p.checkListener(l)
 	}
 	p.checkPersistence()
+	p.checkQuotas()
 	p.checkACME()
 	p.warnings()
 	if len(p.errs) > 0 {
@@ -144,6 +145,31 @@ func (p *parser) checkPersistence() {
 	}
 }
 
+// defaultQuotas are safe for an internet-facing broker and far above what
+// home automation clients use.
+func defaultQuotas() Quotas {
+	return Quotas{
+		MaxTopicLength:          4096,
+		MaxTopicLevels:          200, // mosquitto's fixed topic hierarchy limit
+		MaxClientIDLength:       256,
+		MaxConnectSize:          64 << 10,
+		MaxSubscriptions:        1000,
+		MaxSessionsPerUser:      256,
+		MaxRetainedPerUser:      10000,
+		MaxRetainedBytesPerUser: 64 << 20,
+	}
+}
+
+// checkQuotas keeps every store key (client id, length prefix, filter)
+// within the store's key limit, so no client can make a write fail.
+func (p *parser) checkQuotas() {
+	q := p.cfg.Quotas
+	if q.MaxClientIDLength+3+q.MaxTopicLength > storeMaxKey {
+		p.errs = append(p.errs, fmt.Errorf("max_client_id_length (%d) plus max_topic_length (%d) must stay below %d bytes, the store's key limit: %w",
+			q.MaxClientIDLength, q.MaxTopicLength, storeMaxKey-3, ErrInvalid))
+	}
+}
+
 func (p *parser) checkACME() {
 	var acmeListeners []*Listener
 	for _, l := range p.cfg.Listeners {
@@ -207,6 +233,8 @@ func (c *Config) Divergences() []string {
 		"relative paths in the configuration are relative to the file that names them",
 		fmt.Sprintf("max_packet_size defaults to %d bytes (mosquitto: unlimited); keepalive 0 is capped at max_keepalive", c.Limits.MaxPacketSize),
 		"MQTT 3.1.1 publish denied by the ACL: acknowledged and dropped (as mosquitto), never a disconnect",
+		fmt.Sprintf("limits: topics and filters up to %d bytes and %d levels, client ids up to %d bytes, CONNECTs up to %d bytes, %d sessions per user, persistent sessions expire after %s unused (mosquitto: never)",
+			c.Quotas.MaxTopicLength, c.Quotas.MaxTopicLevels, c.Quotas.MaxClientIDLength, c.Quotas.MaxConnectSize, c.Quotas.MaxSessionsPerUser, c.PersistentClientExpiration),
 	}
 	if c.StrictSubscribe {
 		d = append(d, "strict_subscribe true: a subscription filter not covered by a read rule is refused (3.1.1 0x80, MQTT 5 0x87); mosquitto grants it and filters each message")

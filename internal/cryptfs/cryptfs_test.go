@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
+	"github.com/moat-mqtt/moat/internal/moattest"
 	"github.com/moat-mqtt/moat/internal/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -147,13 +148,7 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 // poll calls cond until it is true or the deadline passes.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, testDeadline)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	moattest.Eventually(t, testDeadline, what, cond)
 }
 
 func assertEmptyDir(t *testing.T, dir string) {

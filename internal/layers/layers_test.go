@@ -34,19 +34,24 @@ var allowed = map[string][]string{
 	"internal/store":  {"internal/mochi"},
 	"internal/mochi":  {"internal/acl"},
 	"internal/layers": nil,
+	// The limits hook refuses what is over a resource limit; it writes
+	// the acks mochi gets wrong and rate-limits its lines like auth.
+	"internal/limits": {"internal/logging", "internal/mochi"},
 	// The auth hook decides with the password and ACL files, and rate-limits
 	// its refusal lines with the logging package.
 	"internal/auth": {"internal/acl", "internal/logging", "internal/mochi", "internal/passwd"},
 	// The assembler knows every part.
 	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
-		"internal/cryptfs", "internal/listen", "internal/logging", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
+		"internal/cryptfs", "internal/limits", "internal/listen", "internal/logging", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
 		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
 	// Test support and benchmarks.
-	"internal/mqtttest":       nil,
-	"internal/testenv":        nil,
-	"internal/certs/acmetest": nil,
+	"internal/mqtttest":            nil,
+	"internal/moattest":            nil,
+	"internal/moattest/brokertest": {"internal/broker", "internal/config", "internal/logging", "internal/moattest"},
+	"internal/testenv":             nil,
+	"internal/certs/acmetest":      nil,
 	// Programs the container tests run inside containers.
 	"internal/certs/acmetest/cmd/acmetest": {"internal/certs/acmetest"},
 	"internal/containertest":               {"internal/testenv"},
@@ -58,7 +63,7 @@ var allowed = map[string][]string{
 }
 
 // testSupport may be imported by _test.go files and benchmarks only.
-var testSupport = []string{"internal/mqtttest", "internal/testenv", "internal/certs/acmetest", "internal/containertest"}
+var testSupport = []string{"internal/mqtttest", "internal/moattest", "internal/moattest/brokertest", "internal/testenv", "internal/certs/acmetest", "internal/containertest"}
 
 // isSupport reports whether pkg is test support or a program inside it.
 func isSupport(pkg string) bool {

@@ -15,6 +15,13 @@ var (
 	ErrFirstNotConnect    = errors.New("first mqtt packet is not CONNECT")
 	ErrMalformedConnect   = errors.New("malformed mqtt CONNECT")
 	ErrMalformedSubscribe = errors.New("malformed mqtt SUBSCRIBE")
+	// ErrConnectProtocol is an MQTT 5 CONNECT whose properties break the
+	// protocol (a property given twice, Receive Maximum 0...); the client
+	// was sent CONNACK 0x82.
+	ErrConnectProtocol = errors.New("mqtt 5 CONNECT properties violate the protocol")
+	// ErrSubscribeProtocol is an MQTT 5 SUBSCRIBE whose properties break
+	// the protocol (Subscription Identifier twice or 0).
+	ErrSubscribeProtocol = errors.New("mqtt 5 SUBSCRIBE properties violate the protocol")
 )
 
 const (
@@ -296,10 +303,24 @@ func (c *frameConn) finishPacket(after []byte) (done bool, rest []byte) {
 		}
 		c.connected = true
 		c.v5 = v == 5
+		if c.v5 && !connectPropsValid(body) {
+			// mochi keeps the last of duplicated properties and reads
+			// Receive Maximum 0 as absent: answer as MQTT 5 requires,
+			// before mochi sees the packet.
+			_, _ = c.Write(connackProtocolError)
+			c.err = ErrConnectProtocol
+			return false, nil
+		}
 	case typeSubscribe:
 		if !validSubscribe(body, c.v5) {
 			c.err = ErrMalformedSubscribe
 			return false, nil
+		}
+		if c.v5 && len(body) > 2 {
+			if _, ok := checkProps(body[2:], propsSubscribe); !ok {
+				c.err = ErrSubscribeProtocol
+				return false, nil
+			}
 		}
 	}
 	c.out = c.hold
@@ -357,4 +378,152 @@ func varint(b []byte) (n, size int, ok bool) {
 		}
 	}
 	return 0, 0, false
+}
+
+// connackProtocolError is an MQTT 5 CONNACK with reason 0x82 (protocol
+// error) and no properties.
+var connackProtocolError = []byte{0x20, 0x03, 0x00, 0x82, 0x00}
+
+// MQTT 5 property identifiers with their value types; a missing identifier
+// is unknown. Only the User Property may appear more than once in a
+// CONNECT or in its Will properties [MQTT-2.2.2].
+const (
+	propByte = iota + 1
+	propUint16
+	propUint32
+	propVarint
+	propString
+	propBinary
+	propPair
+)
+
+var propTypes = [256]byte{
+	0x01: propByte, 0x02: propUint32, 0x03: propString, 0x08: propString, 0x09: propBinary,
+	0x0B: propVarint, 0x11: propUint32, 0x12: propString, 0x13: propUint16, 0x15: propString,
+	0x16: propBinary, 0x17: propByte, 0x18: propUint32, 0x19: propByte, 0x1A: propString,
+	0x1C: propString, 0x1F: propString, 0x21: propUint16, 0x22: propUint16, 0x23: propUint16,
+	0x24: propByte, 0x25: propByte, 0x26: propPair, 0x27: propUint32, 0x28: propByte,
+	0x29: propByte, 0x2A: propByte,
+}
+
+const propUser = 0x26
+
+// connectPropsValid reports whether an MQTT 5 CONNECT body's properties
+// and Will properties respect the protocol: no property but the User
+// Property twice, Receive Maximum and Maximum Packet Size not 0, Request
+// Problem/Response Information 0 or 1. A body it cannot parse is left to
+// mochi's decoder (true).
+func connectPropsValid(body []byte) bool {
+	if len(body) < 2 {
+		return true
+	}
+	off := 2 + int(binary.BigEndian.Uint16(body)) // protocol name
+	if off+4 > len(body) {
+		return true
+	}
+	flags := body[off+1]
+	off += 4 // version, flags, keepalive
+	n, ok := checkProps(body[off:], propsConnect)
+	if !ok {
+		return false
+	}
+	if n < 0 || flags&0x04 == 0 {
+		return true
+	}
+	off += n
+	if off+2 > len(body) {
+		return true
+	}
+	off += 2 + int(binary.BigEndian.Uint16(body[off:])) // client id
+	if off > len(body) {
+		return true
+	}
+	_, ok = checkProps(body[off:], propsWill)
+	return ok
+}
+
+// Property blocks checkProps knows.
+const (
+	propsConnect = iota
+	propsWill
+	propsSubscribe
+)
+
+// checkProps checks one property block (length and properties) of the
+// given kind and returns its size; n < 0 means it could not be parsed.
+func checkProps(b []byte, kind int) (n int, ok bool) {
+	plen, size, vok := varint(b)
+	if !vok || size+plen > len(b) {
+		return -1, true
+	}
+	p := b[size : size+plen]
+	var seen [256]bool
+	for i := 0; i < len(p); {
+		id := p[i]
+		i++
+		t := propTypes[id]
+		if t == 0 {
+			return -1, true
+		}
+		if seen[id] && id != propUser {
+			return 0, false
+		}
+		seen[id] = true
+		var l int
+		switch t {
+		case propByte:
+			l = 1
+		case propUint16:
+			l = 2
+		case propUint32:
+			l = 4
+		case propVarint:
+			_, vs, vok := varint(p[i:])
+			if !vok {
+				return -1, true
+			}
+			l = vs
+		case propString, propBinary:
+			if i+2 > len(p) {
+				return -1, true
+			}
+			l = 2 + int(binary.BigEndian.Uint16(p[i:]))
+		case propPair:
+			if i+2 > len(p) {
+				return -1, true
+			}
+			k := 2 + int(binary.BigEndian.Uint16(p[i:]))
+			if i+k+2 > len(p) {
+				return -1, true
+			}
+			l = k + 2 + int(binary.BigEndian.Uint16(p[i+k:]))
+		}
+		if i+l > len(p) {
+			return -1, true
+		}
+		v := p[i : i+l]
+		if kind == propsSubscribe && id == 0x0B {
+			if sid, _, _ := varint(v); sid == 0 {
+				return 0, false // [MQTT-3.8.2.1.2]
+			}
+		}
+		if kind == propsConnect {
+			switch id {
+			case 0x21: // Receive Maximum
+				if binary.BigEndian.Uint16(v) == 0 {
+					return 0, false
+				}
+			case 0x27: // Maximum Packet Size
+				if binary.BigEndian.Uint32(v) == 0 {
+					return 0, false
+				}
+			case 0x17, 0x19: // Request Problem / Response Information
+				if v[0] > 1 {
+					return 0, false
+				}
+			}
+		}
+		i += l
+	}
+	return size + plen, true
 }

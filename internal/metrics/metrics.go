@@ -35,6 +35,7 @@ type Metrics struct {
 	certExpiry       *prometheus.GaugeVec
 	certRenewalError prometheus.Gauge
 	mounted          prometheus.Gauge
+	limitRefusals    *prometheus.CounterVec
 
 	// perListener maps a listener id to its pre-created children. Readers load
 	// the map without locking; a new listener id copies the map under mu.
@@ -127,11 +128,15 @@ func New(reg prometheus.Registerer, listeners ...string) (*Metrics, error) {
 			Namespace: namespace, Name: "persistence_mounted",
 			Help: "1 while the encrypted persistence directory is mounted and verified, else 0.",
 		}),
+		limitRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "limit_refusals_total",
+			Help: "CONNECTs, subscriptions and publishes refused by a resource limit, by the setting that refused them.",
+		}, []string{"limit"}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.connections, m.messagesReceived, m.messagesSent, m.messagesDropped, m.bytesReceived, m.bytesSent,
 		m.retained, m.authFailures, m.aclDenied, m.bans, m.storeCommit, m.certExpiry,
-		m.certRenewalError, m.mounted,
+		m.certRenewalError, m.mounted, m.limitRefusals,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -190,6 +195,15 @@ func (m *Metrics) ACLDenied(op string) {
 		return
 	}
 	m.aclDenied.WithLabelValues(op).Inc()
+}
+
+// LimitHit counts a refusal by a resource limit. limit is the name of the
+// setting (e.g. "max_topic_length"), never client input.
+func (m *Metrics) LimitHit(limit string) {
+	if m == nil {
+		return
+	}
+	m.limitRefusals.WithLabelValues(limit).Inc()
 }
 
 // Ban counts a temporary ban.

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/moat-mqtt/moat/internal/moattest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
 
@@ -102,13 +103,7 @@ var errInjected = errors.New("injected write error")
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testDeadline)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	moattest.Eventually(t, testDeadline, what, cond)
 }
 
 // v5 client (paho.golang)

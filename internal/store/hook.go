@@ -122,6 +122,22 @@ func (h *Hook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	st := h.st()
 	wait := pk.FixedHeader.Qos > 0
 	acked := wait && !cl.Net.Inline && pk.FixedHeader.Type == packets.Publish && pk.PacketID != 0 && !cl.Closed()
+	if err := checkRecord([]byte(pk.TopicName), nil); err != nil {
+		// Not savable, so not kept: memory and disk must agree. The
+		// failure is this message's only; the store stays healthy.
+		if srv := st.srv.Load(); srv != nil {
+			srv.Topics.Retained.Delete(pk.TopicName)
+		}
+		st.log.Warn("retained message refused: too large for the store", "client", describeKey([]byte(cl.ID)), "err", err)
+		if cl.Net.Inline {
+			return
+		}
+		if acked && cl.Properties.ProtocolVersion == 5 {
+			_ = mochi.WriteAck(cl, pk, packets.ErrUnspecifiedError.Code)
+		}
+		cl.Stop(fmt.Errorf("retained message not saved: %w", err))
+		return
+	}
 	if oc, ok := cl.Net.Conn.(orderedConn); ok && acked {
 		b := st.queueRetained(pk.TopicName, &pk, true)
 		oc.WriteAfter(b.done, func() error { return b.err }, failAck(cl, pk))

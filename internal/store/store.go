@@ -43,6 +43,25 @@ const DefaultQoS0Flush = 100 * time.Millisecond
 // ErrClosed is returned for writes after Close.
 var ErrClosed = errors.New("store closed")
 
+// ErrRecordTooLarge is the error of one record the store cannot hold (a
+// key over bbolt's 32 KiB, a value over its 2 GiB). It is that record's
+// failure only: the store stays healthy and keeps every other write.
+var ErrRecordTooLarge = errors.New("record too large for the store")
+
+// checkRecord reports why bbolt would refuse key/val, which would
+// otherwise fail the whole commit and every write batched with it.
+func checkRecord(key, val []byte) error {
+	switch {
+	case len(key) == 0:
+		return fmt.Errorf("empty key: %w", ErrRecordTooLarge)
+	case len(key) > bolt.MaxKeySize:
+		return fmt.Errorf("key of %d bytes (limit %d): %w", len(key), bolt.MaxKeySize, ErrRecordTooLarge)
+	case len(val) > bolt.MaxValueSize:
+		return fmt.Errorf("value of %d bytes (limit %d): %w", len(val), bolt.MaxValueSize, ErrRecordTooLarge)
+	}
+	return nil
+}
+
 var (
 	bucketMeta     = []byte("meta")
 	bucketRetained = []byte("retained")
@@ -385,11 +404,13 @@ func (s *Store) commit(ops []op) error {
 			case opRetained:
 				if o.pk == nil {
 					err = ret.Delete(o.key)
-				} else {
-					err = ret.Put(o.key, appendMessage(nil, o.pk))
+				} else if v := appendMessage(nil, o.pk); s.recordFits(o.key, v) {
+					err = ret.Put(o.key, v)
 				}
 			case opPut:
-				err = tx.Bucket(o.bucket).Put(o.key, o.val)
+				if s.recordFits(o.key, o.val) {
+					err = tx.Bucket(o.bucket).Put(o.key, o.val)
+				}
 			case opDel:
 				err = tx.Bucket(o.bucket).Delete(o.key)
 			case opWipe:
@@ -423,6 +444,16 @@ func (s *Store) commit(ops []op) error {
 	return err
 }
 
+// recordFits drops, with an error log, a record bbolt would refuse: one
+// oversized record must not fail the commit for every other client.
+func (s *Store) recordFits(key, val []byte) bool {
+	if err := checkRecord(key, val); err != nil {
+		s.log.Error("store record dropped", "key", describeKey(key), "err", err)
+		return false
+	}
+	return true
+}
+
 func deletePrefix(b *bolt.Bucket, prefix []byte) error {
 	var keys [][]byte
 	c := b.Cursor()
@@ -450,8 +481,15 @@ func (s *Store) saveRetained(topic string, fallback *packets.Packet, wait bool) 
 }
 
 // queueRetained queues the value as saveRetained does and returns its
-// batch; urgent commits it without the flush delay.
+// batch; urgent commits it without the flush delay. A topic the store
+// cannot hold as a key fails only its own batch.
 func (s *Store) queueRetained(topic string, fallback *packets.Packet, urgent bool) *batch {
+	if err := checkRecord([]byte(topic), nil); err != nil {
+		b := newBatch()
+		b.err = fmt.Errorf("retained message: %w", err)
+		close(b.done)
+		return b
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var val *packets.Packet
