@@ -67,6 +67,10 @@ type Broker struct {
 
 	load func() (*config.Config, error)
 	logs func(*config.Config) (func(), error)
+	// watchEvery and stopWatch are the file watch (guarded by mu).
+	watchEvery time.Duration
+	stopWatch  context.CancelFunc
+	watched    []string
 	// live is the configuration in force: cfg as started, plus what
 	// reloads applied (the two differ only in Live directives).
 	live         *config.Config
@@ -492,6 +496,7 @@ func (b *Broker) reload(stable func() bool) error {
 		applyLogs()
 	}
 	b.live = cfg
+	b.rewatch() // the files named may have changed
 	for _, w := range cfg.Warnings {
 		b.log.Warn(w)
 	}

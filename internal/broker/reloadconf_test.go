@@ -383,3 +383,38 @@ func TestReloadChangesConnectionLimits(t *testing.T) {
 	}
 	connect(t, addr, as(5, "admin", "limit-3")).disconnect()
 }
+
+// After a reload moves password_file, the file watch follows: an edit of
+// the new file applies without a signal.
+func TestWatchFollowsMovedPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	writePasswd(t, filepath.Join(dir, "passwd"), passwords)
+	writePasswd(t, filepath.Join(dir, "passwd2"), map[string]string{"carol": "carol-pass"})
+	const base = "listener 0 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n"
+	b, _ := startReloadable(t, dir, base)
+	stop := b.WatchFiles(100 * time.Millisecond)
+	defer stop()
+	addr := b.Addr(listenerID).String()
+	writeFile(t, filepath.Join(dir, "moat.conf"), strings.Replace(base, "password_file passwd", "password_file passwd2", 1))
+	carol := opts{v: 5, id: "carol", user: "carol", hasUser: true, pass: "carol-pass", hasPass: true, keepalive: 60}
+	dave := opts{v: 5, id: "dave", user: "dave", hasUser: true, pass: "dave-pass", hasPass: true, keepalive: 60}
+	accepted := func(o opts) bool {
+		c, ack := dial(t, addr, o)
+		c.drop()
+		return ack.ReasonCode == 0
+	}
+	deadline := time.Now().Add(waitLong)
+	for !accepted(carol) {
+		if time.Now().After(deadline) {
+			t.Fatal("moat.conf edit not applied by the watch")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	writePasswd(t, filepath.Join(dir, "passwd2"), map[string]string{"carol": "carol-pass", "dave": "dave-pass"})
+	for !accepted(dave) {
+		if time.Now().After(deadline.Add(waitLong)) {
+			t.Fatal("an edit of the new password_file was not applied by the watch")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
