@@ -12,6 +12,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/broker"
 	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/passwd"
 )
 
 // printErr prints each joined error on its own line.
@@ -24,8 +25,8 @@ func printErr(io stdio, err error) {
 func runCheckConfig(args []string, io stdio) int {
 	fs := newFlags("check-config", io)
 	path := fs.String("c", "", "configuration file")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
 	}
 	if *path == "" {
 		fmt.Fprintln(io.err, "usage: moat check-config -c FILE")
@@ -36,7 +37,8 @@ func runCheckConfig(args []string, io stdio) int {
 		printErr(io, err)
 		return 1
 	}
-	_, sums, err := broker.LoadPolicy(cfg)
+	// The very checks serve makes before it opens anything.
+	sums, err := broker.Check(cfg, os.Getenv)
 	if err != nil {
 		printErr(io, err)
 		return 1
@@ -68,7 +70,7 @@ func runCheckConfig(args []string, io stdio) int {
 			a := s.ACL
 			fmt.Fprintf(w, ", ACL %s: %d anonymous rules, %d users with %d rules, %d patterns", s.ACLFile, a.AnonymousRules, a.Users, a.UserRules, a.Patterns)
 		} else {
-			fmt.Fprint(w, ", no acl_file (every non-$ topic allowed)")
+			fmt.Fprint(w, ", no acl_file (every topic allowed but $ topics; $SYS readable)")
 		}
 		fmt.Fprintln(w)
 		cfg.Warnings = append(cfg.Warnings, s.Warnings...)
@@ -108,21 +110,29 @@ func limit(n int) string {
 	return fmt.Sprint(n)
 }
 
+const aclUsage = `usage: moat acl explain -c FILE [-i CLIENTID] [-l LISTENER] USER read|write|subscribe TOPIC_OR_FILTER  (USER "" = anonymous)`
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }
+
 func runACL(args []string, io stdio) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintln(io.out, aclUsage)
+		return 0
+	}
 	if len(args) == 0 || args[0] != "explain" {
-		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] [-l LISTENER] USER read|write|subscribe TOPIC_OR_FILTER")
+		fmt.Fprintln(io.err, aclUsage)
 		return 2
 	}
 	fs := newFlags("acl explain", io)
 	path := fs.String("c", "", "configuration file")
 	clientID := fs.String("i", "", "client id (for %c patterns)")
 	listener := fs.String("l", "", "listener id (with per_listener_settings)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[1:], io); !ok {
+		return code
 	}
 	rest := fs.Args()
 	if *path == "" || len(rest) != 3 {
-		fmt.Fprintln(io.err, "usage: moat acl explain -c FILE [-i CLIENTID] USER read|write|subscribe TOPIC_OR_FILTER  (USER \"\" = anonymous)")
+		fmt.Fprintln(io.err, aclUsage)
 		return 2
 	}
 	var op acl.Op
@@ -143,31 +153,92 @@ func runACL(args []string, io stdio) int {
 		return 1
 	}
 	l := cfg.Listeners[0]
-	for _, x := range cfg.Listeners {
-		if x.ID == *listener {
-			l = x
+	if *listener != "" {
+		l = nil
+		var ids []string
+		for _, x := range cfg.Listeners {
+			ids = append(ids, x.ID)
+			if x.ID == *listener {
+				l = x
+			}
+		}
+		if l == nil {
+			fmt.Fprintf(io.err, "moat: no listener %q in %s; listeners: %s\n", *listener, *path, strings.Join(ids, ", "))
+			return 2
 		}
 	}
-	if l.Security.ACLFile == "" {
-		fmt.Fprintln(io.out, "allow: no acl_file, every non-$ topic is allowed to authenticated clients")
-		return 0
+	c := &acl.Client{Username: rest[0], HasUsername: rest[0] != "", ClientID: *clientID}
+	var rules *acl.Rules
+	if l.Security.ACLFile != "" {
+		if rules, _, err = acl.Load(l.Security.ACLFile); err != nil {
+			printErr(io, err)
+			return 1
+		}
 	}
-	rules, _, err := acl.Load(l.Security.ACLFile)
-	if err != nil {
+	// An identity the broker refuses at CONNECT gets no ACL answer.
+	if reason, err := connectRefusal(l, rules, c); err != nil {
 		printErr(io, err)
 		return 1
+	} else if reason != "" {
+		fmt.Fprintf(io.out, "deny: CONNECT refused on listener %s: %s\n", l.ID, reason)
+		return 0
 	}
-	c := &acl.Client{Username: rest[0], HasUsername: rest[0] != "", ClientID: *clientID}
+	if rules == nil {
+		fmt.Fprintln(io.out, noACLExplain(op, rest[2]))
+		return 0
+	}
 	d := rules.Explain(c, op, rest[2], cfg.StrictSubscribe)
 	fmt.Fprintln(io.out, d.String())
 	return 0
 }
 
+// connectRefusal says why the broker would refuse this client at CONNECT,
+// "" when it would accept it (given the right password).
+func connectRefusal(l *config.Listener, rules *acl.Rules, c *acl.Client) (string, error) {
+	s := l.Security
+	switch {
+	case !c.HasUsername && !s.AllowAnonymous:
+		return "anonymous clients are not allowed (allow_anonymous false)", nil
+	case c.HasUsername && s.PasswordFile == "":
+		return "no password_file to verify a username", nil
+	case c.HasUsername:
+		f, err := passwd.Load(s.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("password_file (%s): %w", s.PasswordFilePos, err)
+		}
+		if _, ok := f.Fingerprint(c.Username); !ok {
+			return fmt.Sprintf("user %q is not in %s", c.Username, s.PasswordFile), nil
+		}
+	}
+	probe := *c
+	if probe.ClientID == "" {
+		probe.ClientID = "explain" // -i not given: the client id is not in question
+	}
+	if err := rules.CheckClient(&probe); err != nil {
+		return err.Error(), nil
+	}
+	return "", nil
+}
+
+// noACLExplain is the decision without an acl_file: everything, except
+// writing $ topics and reading $ topics other than $SYS.
+func noACLExplain(op acl.Op, topic string) string {
+	sys := topic == "$SYS" || strings.HasPrefix(topic, "$SYS/")
+	switch {
+	case !strings.HasPrefix(topic, "$"):
+		return "allow: no acl_file: every topic not starting with $ is allowed"
+	case op != acl.OpWrite && sys:
+		return "allow: no acl_file: $SYS topics are readable"
+	default:
+		return "deny: no acl_file: $ topics are not writable, and only $SYS is readable"
+	}
+}
+
 func runHealth(args []string, io stdio) int {
 	fs := newFlags("health", io)
 	path := fs.String("c", "", "configuration file (for admin_listener)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
@@ -189,14 +260,18 @@ func runHealth(args []string, io stdio) int {
 }
 
 func runCert(args []string, io stdio) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		fmt.Fprintln(io.out, "usage: moat cert status|renew -c FILE")
+		return 0
+	}
 	if len(args) == 0 || (args[0] != "status" && args[0] != "renew") {
 		fmt.Fprintln(io.err, "usage: moat cert status|renew -c FILE")
 		return 2
 	}
 	fs := newFlags("cert "+args[0], io)
 	path := fs.String("c", "", "configuration file")
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args[1:], io); !ok {
+		return code
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
@@ -212,6 +287,9 @@ func runCert(args []string, io stdio) int {
 		if err != nil {
 			printErr(io, err)
 			return 1
+		}
+		if len(st.Domains) == 0 {
+			st.Domains = cfg.ACME.Domains
 		}
 		printStatus(io, st)
 		return 0
@@ -229,7 +307,7 @@ func runCert(args []string, io stdio) int {
 		return 1
 	}
 	printStatus(io, m.Status())
-	fmt.Fprintln(io.out, "renewed; a running Moat picks the new certificate up at its next check (or send it SIGHUP)")
+	fmt.Fprintf(io.out, "renewed and stored in %s; a running Moat keeps serving its current certificate until it gets SIGHUP (kill -HUP PID, or docker kill -s HUP CONTAINER)\n", cfg.ACME.StateDir)
 	return 0
 }
 
@@ -239,6 +317,9 @@ func printStatus(io stdio, st certs.Status) {
 	fmt.Fprintf(w, "directory:    %s (staging %v)\n", st.DirectoryURL, st.Staging)
 	if st.Serial == "" {
 		fmt.Fprintln(w, "certificate:  none stored")
+		if st.LastError == "" {
+			fmt.Fprintln(w, "attempts:     none recorded yet (Moat requests one when it starts with a tls acme listener)")
+		}
 	} else {
 		fmt.Fprintf(w, "names:        %s\n", strings.Join(st.Names, ", "))
 		fmt.Fprintf(w, "issuer:       %s\n", st.Issuer)
@@ -249,6 +330,13 @@ func printStatus(io stdio, st certs.Status) {
 		fmt.Fprintf(w, "next renewal: %s\n", st.NextRenewal.Format(time.RFC3339))
 	}
 	if st.LastError != "" {
-		fmt.Fprintf(w, "last error:   %s (%s)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339))
+		fmt.Fprintf(w, "last error:   %s (%s, %d failed attempts in a row)\n", st.LastError, st.LastErrorAt.Format(time.RFC3339), st.Failures)
+	}
+	switch {
+	case st.NextAttempt.IsZero():
+	case st.NextAttempt.Before(time.Now()):
+		fmt.Fprintf(w, "next attempt: due since %s (a running Moat retries at its next check)\n", st.NextAttempt.Format(time.RFC3339))
+	default:
+		fmt.Fprintf(w, "next attempt: %s\n", st.NextAttempt.Format(time.RFC3339))
 	}
 }

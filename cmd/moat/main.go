@@ -49,7 +49,7 @@ func run(args []string, io stdio) int {
 			return c.run(args[1:], io)
 		}
 	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if isHelp(args[0]) {
 		usage(io.out)
 		return 0
 	}

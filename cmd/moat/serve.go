@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -35,6 +38,29 @@ func newFlags(name string, io stdio) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses args; ok is false when the command should exit with
+// code: 0 after -h/--help (usage on stdout), 2 after a usage error (the
+// flag package has printed it on stderr).
+func parseFlags(fs *flag.FlagSet, args []string, io stdio) (code int, ok bool) {
+	// The flag package prints before it returns: hold its output until
+	// it is known whether help was asked for.
+	var msg bytes.Buffer
+	fs.SetOutput(&msg)
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		fs.SetOutput(io.err)
+		return 0, true
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(io.out)
+		fs.Usage()
+		return 0, false
+	default:
+		_, _ = io.err.Write(msg.Bytes())
+		return 2, false
+	}
+}
+
 // gcPercent trades memory for CPU: a broker's live heap is small and its
 // garbage (mochi copies each packet per subscriber) is large. Measured on
 // QoS 0 fan-in: about a third more messages per CPU-second than GOGC=100.
@@ -46,7 +72,12 @@ func runServe(args []string, io stdio) int {
 	}
 	fs := newFlags("serve", io)
 	path := fs.String("c", "", "configuration file (mosquitto.conf syntax); default: local-only on 127.0.0.1:1883")
-	if err := fs.Parse(args); err != nil {
+	if code, ok := parseFlags(fs, args, io); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		// Without -c, serve would run the local-only default and ignore the file.
+		fmt.Fprintf(io.err, "moat: serve takes no arguments; to use %s as the configuration: moat serve -c %s\n", fs.Arg(0), fs.Arg(0))
 		return 2
 	}
 	cfg, err := loadConfig(*path)
@@ -54,17 +85,22 @@ func runServe(args []string, io stdio) int {
 		fmt.Fprintf(io.err, "moat: %v\n", err)
 		return 3
 	}
-	logger, err := logging.New(logging.Options{
-		Format: cfg.Log.Format, Types: cfg.Log.Types, Dests: logDests(cfg), Stderr: io.err,
-	})
+	newLogger := func(cfg *config.Config) (*logging.Logger, error) {
+		return logging.New(logging.Options{Format: cfg.Log.Format, Types: cfg.Log.Types, Dests: logDests(cfg), Stderr: io.err})
+	}
+	first, err := newLogger(cfg)
 	if err != nil {
 		fmt.Fprintf(io.err, "moat: %v\n", err)
 		return 3
 	}
+	// A reload may change log_dest, log_type and log_format: every part
+	// logs through a handler that follows the swap.
+	logger := &liveLog{}
+	logger.Swap(first)
 	defer logger.Close()
-	log := logger.Logger
+	log := slog.New(logger.Handler())
 	// lego logs through one process-wide logger: route it into ours.
-	legolog.Logger = certs.LegoLogger(log.With("component", "acme"))
+	legolog.Logger = certs.LegoLogger(log) // it adds component=lego
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
@@ -78,13 +114,26 @@ func runServe(args []string, io stdio) int {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
+	o := broker.Options{Config: cfg, Logger: log, Env: os.Getenv,
+		Logs: func(next *config.Config) (func(), error) {
+			l, err := newLogger(next)
+			if err != nil {
+				return nil, err
+			}
+			return func() { logger.Swap(l) }, nil
+		},
+	}
+	if *path != "" {
+		// A reload reads moat.conf again through the same load and checks.
+		o.Load = func() (*config.Config, error) { return config.Load(*path, os.Getenv) }
+	}
+	b, err := broker.New(o)
 	if err != nil {
-		log.Error("cannot start", "error", err)
+		fatal(io, cfg, log, err)
 		return 1
 	}
 	if err := b.Start(); err != nil {
-		log.Error("cannot start", "error", err)
+		fatal(io, cfg, log, err)
 		return 1
 	}
 	log.Info("moat started", "version", version, "listeners", len(cfg.Listeners))
@@ -112,6 +161,29 @@ func runServe(args []string, io stdio) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// fatal logs a start-up error and, when the log does not already go to
+// stderr, prints it there too: a container runtime shows only stderr and
+// stdout, and a restart loop with an empty `docker logs` explains nothing.
+func fatal(io stdio, cfg *config.Config, log *slog.Logger, err error) {
+	log.Error("cannot start", "error", err)
+	if logsToStderr(cfg) {
+		return
+	}
+	printErr(io, fmt.Errorf("cannot start: %w", err))
+}
+
+func logsToStderr(cfg *config.Config) bool {
+	if len(cfg.Log.Dests) == 0 {
+		return true
+	}
+	for _, d := range cfg.Log.Dests {
+		if d.Kind == "stderr" {
+			return true
+		}
+	}
+	return false
 }
 
 func logDests(cfg *config.Config) []logging.Dest {

@@ -27,7 +27,7 @@ import (
 )
 
 // DefaultAddr is where the admin listener binds unless configured otherwise.
-const DefaultAddr = "127.0.0.1:9090"
+const DefaultAddr = "127.0.0.1:7883"
 
 // CheckFunc reports whether one part of Moat is ready. It must return
 // promptly when ctx is done and must not put secrets in its error.

@@ -101,6 +101,31 @@ type identity struct {
 	// gone is set when the owner can no longer log in at all (user
 	// removed): its session is removed once it is offline.
 	gone atomic.Bool
+	// denied counts refused PUBLISHes; deniedLogged is when one was last logged.
+	denied, deniedLogged atomic.Int64
+}
+
+// deniedLogEvery bounds "denied PUBLISH" lines per client: the first, then
+// one per interval with the count since, so a client retrying in a loop
+// leaves a trace without flooding the log.
+const deniedLogEvery = 10 * time.Second
+
+// logDenied logs a refused PUBLISH, like mosquitto's "Denied PUBLISH from".
+func (h *Hook) logDenied(cl *mqtt.Client, id *identity, topic string) {
+	if id == nil {
+		return
+	}
+	n := id.denied.Add(1)
+	now, last := time.Now().UnixNano(), id.deniedLogged.Load()
+	if last != 0 && now-last < int64(deniedLogEvery) || !id.deniedLogged.CompareAndSwap(last, now) {
+		return
+	}
+	id.denied.Add(-n)
+	if len(topic) > 256 {
+		topic = topic[:256] + "..."
+	}
+	h.log.Info("denied PUBLISH", "client", cl.ID, "user", id.client.Username, "ip", remoteIP(cl),
+		"listener", id.listener, "topic", topic, "denied", n)
 }
 
 // sameOwner reports whether a session of cl belongs to id's owner: the
@@ -580,6 +605,7 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		}
 		if !sc.canWrite(&id.client, topic) {
 			h.events.ACLDenied("write")
+			h.logDenied(cl, id, topic)
 			return false
 		}
 		return true
@@ -647,6 +673,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	checked := cl.Properties.ProtocolVersion == 5 && !pk.Properties.TopicAliasFlag
 	if id == nil || id.revoked.Load() || !checked && !p.scope(id.listener).canWrite(&id.client, pk.TopicName) {
 		h.events.ACLDenied("write")
+		h.logDenied(cl, id, pk.TopicName)
 		return pk, h.deny(cl, pk, packets.ErrNotAuthorized)
 	}
 	if p.MessageSizeLimit > 0 && uint32(len(pk.Payload)) > p.MessageSizeLimit {

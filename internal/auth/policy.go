@@ -9,6 +9,8 @@
 package auth
 
 import (
+	"strings"
+
 	"github.com/moat-mqtt/moat/internal/acl"
 	"github.com/moat-mqtt/moat/internal/passwd"
 )
@@ -65,9 +67,12 @@ func (s *Scope) unsafeIdentity(c *acl.Client) (username, clientID bool) {
 	return c.HasUsername && acl.CheckIdentity(c.Username) != nil, acl.CheckIdentity(c.ClientID) != nil
 }
 
+// isSys: without an acl_file, $SYS is readable as in mosquitto.
+func isSys(topic string) bool { return topic == "$SYS" || strings.HasPrefix(topic, "$SYS/") }
+
 func (s *Scope) canRead(c *acl.Client, topic string) bool {
 	if s.ACL == nil {
-		return topic == "" || topic[0] != '$'
+		return topic == "" || topic[0] != '$' || isSys(topic)
 	}
 	return s.ACL.CanRead(c, topic)
 }
@@ -85,7 +90,7 @@ func (s *Scope) canSubscribe(c *acl.Client, filter string, strict bool) bool {
 		if len(f) > 7 && f[:7] == "$share/" {
 			return acl.ValidFilter(f)
 		}
-		return acl.ValidFilter(f) && (f == "" || f[0] != '$')
+		return acl.ValidFilter(f) && (f == "" || f[0] != '$' || isSys(f))
 	}
 	return s.ACL.CanSubscribe(c, filter, strict)
 }

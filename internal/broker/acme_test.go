@@ -24,9 +24,11 @@ import (
 // certificate, against Pebble and a fake Cloudflare API with lego's real
 // Cloudflare provider.
 type acmeBroker struct {
-	b    *broker.Broker
-	ca   *acmetest.CA
-	pool *x509.CertPool
+	b      *broker.Broker
+	ca     *acmetest.CA
+	pool   *x509.CertPool
+	conf   string // moat.conf
+	getenv func(string) string
 }
 
 func startACMEBroker(t *testing.T) *acmeBroker {
@@ -69,7 +71,7 @@ acme_state_dir %s
 	})
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca.RootPEM())
-	return &acmeBroker{b: b, ca: ca, pool: pool}
+	return &acmeBroker{b: b, ca: ca, pool: pool, conf: path, getenv: getenv}
 }
 
 func (a *acmeBroker) tlsConfig() *tls.Config {

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -36,6 +38,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Env reads the environment (os.Getenv); tests inject.
 	Env func(string) string
+	// Load reads the configuration again for a reload; nil reloads only the
+	// files the configuration names (the embedded default has no file).
+	Load func() (*config.Config, error)
+	// Logs prepares the logging a reloaded configuration asks for (opening
+	// its files) and returns what puts it in force; nil: log settings need a
+	// restart.
+	Logs func(*config.Config) (apply func(), err error)
 }
 
 // Broker is a running Moat.
@@ -57,8 +66,21 @@ type Broker struct {
 	run       group     // every background goroutine
 	closeOnce sync.Once // mochi panics on a second Close
 
-	files map[string]*certs.FileSource // by listener id
-	acme  *certs.Manager
+	load func() (*config.Config, error)
+	logs func(*config.Config) (func(), error)
+	// watchEvery and stopWatch are the file watch (guarded by mu).
+	watchEvery time.Duration
+	stopWatch  context.CancelFunc
+	watched    []string
+	// live is the configuration in force: cfg as started, plus what
+	// reloads applied (the two differ only in Live directives).
+	live         *config.Config
+	connMessages atomic.Bool
+
+	certMu  sync.RWMutex                  // guards files and watches
+	files   map[string]*certs.FileSource  // by listener id
+	watches map[string]context.CancelFunc // by listener id
+	acme    *certs.Manager
 
 	mu        sync.Mutex // guards listeners and reloads
 	listeners map[string]*listen.Listener
@@ -77,8 +99,16 @@ func New(o Options) (*Broker, error) {
 	if env == nil {
 		env = func(string) string { return "" }
 	}
+	if err := checkUsers(cfg); err != nil {
+		return nil, err
+	}
 	policy, sums, err := LoadPolicy(cfg)
 	if err != nil {
+		return nil, err
+	}
+	// Refuse a bad key file or mount point before anything is built, with
+	// the message check-config gives.
+	if err := checkPersistence(cfg, env); err != nil {
 		return nil, err
 	}
 	for _, s := range sums {
@@ -86,7 +116,9 @@ func New(o Options) (*Broker, error) {
 			log.Warn(w)
 		}
 	}
-	b := &Broker{cfg: cfg, log: log, env: env, files: map[string]*certs.FileSource{}, listeners: map[string]*listen.Listener{}}
+	b := &Broker{cfg: cfg, live: cfg, load: o.Load, logs: o.Logs, log: log, env: env, files: map[string]*certs.FileSource{},
+		watches: map[string]context.CancelFunc{}, listeners: map[string]*listen.Listener{}}
+	b.connMessages.Store(cfg.Log.ConnectionMessages)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 
 	b.reg = metrics.NewRegistry()
@@ -157,10 +189,9 @@ func New(o Options) (*Broker, error) {
 	if err := mochi.StopRetainedSweep(b.srv); err != nil {
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
-	if cfg.Log.ConnectionMessages {
-		if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt")}, nil); err != nil {
-			return nil, fmt.Errorf("connection log hook: %w", err)
-		}
+	// Always added: connection_messages can be turned on by a reload.
+	if err := b.srv.AddHook(&connLog{log: log.With("component", "mqtt"), on: &b.connMessages}, nil); err != nil {
+		return nil, fmt.Errorf("connection log hook: %w", err)
 	}
 	if err := b.srv.AddHook(&mochi.PacketIDs{}, nil); err != nil {
 		return nil, fmt.Errorf("packet id hook: %w", err)
@@ -273,24 +304,17 @@ func (b *Broker) Start() error {
 
 func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 	o := listen.Options{
-		ID:                  l.ID,
-		WebSocket:           l.Protocol == "websockets",
-		ConnectTimeout:      l.ConnectTimeout,
-		MaxConnectionsPerIP: l.MaxConnectionsPerIP,
-		MaxPacketSize:       int(b.cfg.Limits.MaxPacketSize),
-		WebSocketPath:       l.WebSocketPath,
-		Origins:             l.WebSocketOrigins,
-		TrustedProxies:      l.TrustedProxies,
-		Logger:              b.log.With("listener", l.ID),
-		OnPanic:             b.cleanupPanicked,
+		ID:             l.ID,
+		WebSocket:      l.Protocol == "websockets",
+		ConnectTimeout: l.ConnectTimeout,
+		MaxPacketSize:  int(b.cfg.Limits.MaxPacketSize),
+		WebSocketPath:  l.WebSocketPath,
+		Origins:        l.WebSocketOrigins,
+		TrustedProxies: l.TrustedProxies,
+		Logger:         b.log, // listen names the listener on each line itself
+		OnPanic:        b.cleanupPanicked,
 	}
-	if l.MaxConnections > 0 {
-		o.MaxConnections = l.MaxConnections
-	}
-	if l.ConnectRatePerIP > 0 {
-		o.ConnectRate = rate.Limit(l.ConnectRatePerIP)
-		o.ConnectBurst = max(int(l.ConnectRatePerIP), 10)
-	}
+	o.MaxConnections, o.MaxConnectionsPerIP, o.ConnectRate, o.ConnectBurst = connLimits(l)
 	if l.UnixPath != "" {
 		o.Network, o.Address = "unix", l.UnixPath
 	} else {
@@ -311,6 +335,32 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		o.TLS = cfg
 	}
 	return o, nil
+}
+
+// connLimits are a listener's connection limits as listen takes them.
+func connLimits(l *config.Listener) (maxConns, perIP int, r rate.Limit, burst int) {
+	maxConns, perIP = max(l.MaxConnections, 0), l.MaxConnectionsPerIP
+	if l.ConnectRatePerIP > 0 {
+		r, burst = rate.Limit(l.ConnectRatePerIP), max(int(l.ConnectRatePerIP), 10)
+	}
+	return maxConns, perIP, r, burst
+}
+
+// applyLimits puts a reloaded configuration's connection limits in force on
+// the open listeners and on those still waiting for a certificate.
+func (b *Broker) applyLimits(cfg *config.Config) {
+	byID := map[string]*config.Listener{}
+	for _, l := range cfg.Listeners {
+		byID[l.ID] = l
+		if ln, ok := b.listeners[l.ID]; ok {
+			ln.SetLimits(connLimits(l))
+		}
+	}
+	for i, l := range b.pending {
+		if n, ok := byID[l.ID]; ok {
+			b.pending[i] = n
+		}
+	}
 }
 
 func (b *Broker) addListener(l *config.Listener) error {
@@ -403,13 +453,22 @@ func (b *Broker) startAdmin() error {
 		b.admin.Register("certificate", admin.CertificateCheck(b.leafCertificate, time.Duration(b.cfg.Admin.CertMinDays)*24*time.Hour))
 	}
 	if err := b.admin.Start(); err != nil {
-		return fmt.Errorf("admin_listener %s: %w", b.cfg.Admin.Listener, err)
+		// Name the directive: a default the user never wrote is otherwise a mystery.
+		where := "the default"
+		if b.cfg.Admin.Pos.File != "" {
+			where = b.cfg.Admin.Pos.String()
+		}
+		return fmt.Errorf("admin_listener %s (%s): %w; set admin_listener ADDR:PORT to another port, or admin_listener off", b.cfg.Admin.Listener, where, err)
 	}
 	return nil
 }
 
-// Reload re-reads the password and ACL files (and certificate files) and
-// puts them in force at once, or changes nothing and returns the error.
+// Reload re-reads the configuration and every file it names, in four
+// steps: validate (load it all), diff (a change only a restart can apply
+// refuses the reload, naming the directive and file:line), commit (swap the
+// policy, certificate sources and settings) and apply (end sessions that
+// lost their rights). Only the first two can fail, and a failure changes
+// nothing: the previous configuration stays in force.
 func (b *Broker) Reload() error { return b.reload(nil) }
 
 // reload is Reload; a non-nil stable is asked after the files were read
@@ -417,21 +476,76 @@ func (b *Broker) Reload() error { return b.reload(nil) }
 func (b *Broker) reload(stable func() bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	policy, _, err := LoadPolicy(b.cfg)
+	refused := func(err error) error { return fmt.Errorf("reload refused, previous configuration kept: %w", err) }
+	cfg, policy, sums, fresh, err := b.loadReload()
 	if stable != nil && !stable() {
 		return errChangedDuringLoad
 	}
 	if err != nil {
-		return fmt.Errorf("reload refused, previous configuration kept: %w", err)
+		return refused(err)
 	}
-	n := b.auth.Swap(policy)
-	for id, f := range b.files {
-		if err := f.Reload(); err != nil {
-			b.log.Error("certificate reload failed, previous certificate kept", "listener", id, "error", err)
+	// Last, as nothing may fail after it: it opens the new log files.
+	var applyLogs func()
+	if logSettingsChanged(b.live.Log, cfg.Log) {
+		if b.logs == nil {
+			return refused(errors.New("restart required: log_dest, log_type or log_format"))
+		}
+		if applyLogs, err = b.logs(cfg); err != nil {
+			return refused(err)
 		}
 	}
-	b.log.Info("reloaded password and ACL files", "disconnected", n)
+
+	n := b.auth.Swap(policy)
+	b.swapCertFiles(fresh)
+	if b.acme != nil {
+		b.acme.LoadStored() // a certificate `moat cert renew` stored
+	}
+	b.connMessages.Store(cfg.Log.ConnectionMessages)
+	b.applyLimits(cfg)
+	if applyLogs != nil {
+		applyLogs()
+	}
+	b.live = cfg
+	b.rewatch() // the files named may have changed
+	for _, w := range cfg.Warnings {
+		b.log.Warn(w)
+	}
+	for _, s := range sums {
+		for _, w := range s.Warnings {
+			b.log.Warn(w)
+		}
+	}
+	b.log.Info("reloaded password and ACL files", "configuration", strings.Join(cfg.Files, ","), "disconnected", n)
 	return nil
+}
+
+// loadReload is a reload's validate and diff steps: the configuration read
+// again (when it has a file), what only a restart can change, the policy
+// files and changed certificate files. It changes nothing.
+func (b *Broker) loadReload() (*config.Config, *auth.Policy, []ScopeSummary, map[string]*certs.FileSource, error) {
+	cfg := b.live
+	if b.load != nil {
+		next, err := b.load()
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if r := config.RestartRequired(b.live, next); len(r) > 0 {
+			return nil, nil, nil, nil, errors.New("restart required: " + strings.Join(r, "; restart required: "))
+		}
+		cfg = next
+	}
+	if err := checkUsers(cfg); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	policy, sums, err := LoadPolicy(cfg)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	fresh, err := b.changedCertFiles(cfg)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return cfg, policy, sums, fresh, nil
 }
 
 // Close stops accepting, disconnects clients (MQTT 5: DISCONNECT 0x8B),

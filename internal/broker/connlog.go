@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -14,6 +15,8 @@ import (
 type connLog struct {
 	mqtt.HookBase
 	log *slog.Logger
+	// on is connection_messages; a reload may turn it off or on.
+	on *atomic.Bool
 }
 
 var _ mqtt.Hook = (*connLog)(nil)
@@ -25,13 +28,16 @@ func (*connLog) Provides(b byte) bool {
 }
 
 func (h *connLog) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if !h.on.Load() {
+		return
+	}
 	h.log.Info("client connected", "client", cl.ID, "user", string(cl.Properties.Username),
 		"ip", cl.Net.Remote, "listener", cl.Net.Listener, "protocol", cl.Properties.ProtocolVersion,
 		"clean", cl.Properties.Clean, "keepalive", cl.State.Keepalive)
 }
 
 func (h *connLog) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
-	if cl.Net.Conn == nil || cl.Net.Inline {
+	if cl.Net.Conn == nil || cl.Net.Inline || !h.on.Load() {
 		return // a session restored from the store at start
 	}
 	reason := "client disconnected"

@@ -39,12 +39,17 @@ func LoadPolicy(cfg *config.Config) (*auth.Policy, []ScopeSummary, error) {
 	var sums []ScopeSummary
 	var scopes []*auth.Scope
 	var errs []error
+	failed := map[*config.Security]bool{} // report a shared scope's errors once
 	for _, l := range cfg.Listeners {
+		if failed[l.Security] {
+			continue
+		}
 		i, ok := loaded[l.Security]
 		if !ok {
 			sc, sum, err := loadScope(l.Security)
 			if err != nil {
 				errs = append(errs, err)
+				failed[l.Security] = true
 				continue
 			}
 			i = len(scopes)
@@ -74,7 +79,7 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 	var errs []error
 	for _, path := range []string{s.PasswordFile, s.ACLFile} {
 		if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o004 != 0 {
-			sum.Warnings = append(sum.Warnings, fmt.Sprintf("%s is readable by every user on this host; chmod 600 it (or 640 with Moat's group)", path))
+			sum.Warnings = append(sum.Warnings, config.PermissionAdvice(path, st))
 		}
 	}
 	if s.PasswordFile != "" {
@@ -83,6 +88,9 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 			errs = append(errs, fmt.Errorf("password_file (%s): %w", s.PasswordFilePos, err))
 		} else {
 			sc.Passwd, sum.Users = f, f.Len()
+			if f.Len() == 0 && !s.AllowAnonymous {
+				sum.Warnings = append(sum.Warnings, fmt.Sprintf("password_file %s (%s) has no users: no client can connect until one is added (moat passwd)", s.PasswordFile, s.PasswordFilePos))
+			}
 		}
 	}
 	if s.ACLFile != "" {
@@ -95,6 +103,20 @@ func loadScope(s *config.Security) (*auth.Scope, ScopeSummary, error) {
 		}
 	}
 	return sc, sum, errors.Join(errs...)
+}
+
+// checkUsers refuses a listener nobody could ever connect to: no
+// anonymous clients and no password_file to verify users.
+func checkUsers(cfg *config.Config) error {
+	var errs []error
+	seen := map[*config.Security]bool{}
+	for _, l := range cfg.Listeners {
+		if s := l.Security; !seen[s] && !s.AllowAnonymous && s.PasswordFile == "" {
+			seen[s] = true
+			errs = append(errs, fmt.Errorf("listener %s (%s): allow_anonymous false and no password_file: no client could connect; add password_file FILE, or allow_anonymous true", l.ID, l.Pos))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // PolicyWarnings are dangerous combinations check-config reports.

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -37,21 +38,19 @@ func ACMEOptions(cfg *config.Config, env func(string) string) certs.ACMEOptions 
 }
 
 func (b *Broker) provisionCerts() error {
-	for _, l := range b.cfg.Listeners {
-		if l.TLS.CertFile == "" {
-			continue
-		}
-		f, err := certs.NewFileSource(l.TLS.CertFile, l.TLS.KeyFile, b.log.With("listener", l.ID))
-		if err != nil {
-			return fmt.Errorf("listener %s (%s): %w", l.ID, l.Pos, err)
-		}
-		b.files[l.ID] = f
+	files, err := loadCertFiles(b.cfg, b.log)
+	if err != nil {
+		return err
 	}
+	b.files = files
 	if !b.cfg.UsesACME() {
 		return nil
 	}
+	if err := checkACME(b.cfg, b.env); err != nil {
+		return err
+	}
 	o := ACMEOptions(b.cfg, b.env)
-	o.Logger = b.log.With("component", "acme")
+	o.Logger = b.log // the manager adds component=acme itself
 	m, err := certs.NewManager(o)
 	if err != nil {
 		return fmt.Errorf("acme: %w", err)
@@ -83,11 +82,76 @@ func (b *Broker) certSource(l *config.Listener) (func(*tls.ClientHelloInfo) (*tl
 	if l.TLS.ACME {
 		return b.acme.GetCertificate, nil
 	}
-	f, ok := b.files[l.ID]
-	if !ok {
+	if b.fileSource(l.ID) == nil {
 		return nil, fmt.Errorf("listener %s: no certificate", l.ID)
 	}
-	return f.GetCertificate, nil
+	// Looked up per handshake: a reload may point the listener at new files.
+	id := l.ID
+	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		f := b.fileSource(id)
+		if f == nil {
+			return nil, fmt.Errorf("listener %s: no certificate", id)
+		}
+		return f.GetCertificate(hello)
+	}, nil
+}
+
+func (b *Broker) fileSource(id string) *certs.FileSource {
+	b.certMu.RLock()
+	defer b.certMu.RUnlock()
+	return b.files[id]
+}
+
+// changedCertFiles loads the certificate files of listeners whose certfile
+// or keyfile a reload changes; any failure refuses the reload.
+func (b *Broker) changedCertFiles(cfg *config.Config) (map[string]*certs.FileSource, error) {
+	was := map[string]*config.Listener{}
+	for _, l := range b.live.Listeners {
+		was[l.ID] = l
+	}
+	changed := &config.Config{}
+	for _, l := range cfg.Listeners {
+		if o := was[l.ID]; l.TLS.CertFile != "" && (o == nil || o.TLS.CertFile != l.TLS.CertFile || o.TLS.KeyFile != l.TLS.KeyFile) {
+			changed.Listeners = append(changed.Listeners, l)
+		}
+	}
+	return loadCertFiles(changed, b.log)
+}
+
+// swapCertFiles puts new certificate sources in force and re-reads the
+// unchanged ones (a renewal written in place).
+func (b *Broker) swapCertFiles(fresh map[string]*certs.FileSource) {
+	b.certMu.Lock()
+	var keep []string
+	for id := range b.files {
+		if _, ok := fresh[id]; !ok {
+			keep = append(keep, id)
+		}
+	}
+	for id, f := range fresh {
+		b.files[id] = f
+		if stop, ok := b.watches[id]; ok {
+			stop()
+			b.watchFile(id, f)
+		}
+	}
+	b.certMu.Unlock()
+	for _, id := range keep {
+		if err := b.fileSource(id).Reload(); err != nil {
+			b.log.Error("certificate reload failed, previous certificate kept", "listener", id, "error", err)
+		}
+	}
+	for id := range fresh {
+		b.log.Info("certificate files changed: serving the new certificate", "listener", id)
+	}
+}
+
+// watchFile checks a listener's certificate files for changes until the
+// broker stops or a reload replaces them. Called with certMu held.
+func (b *Broker) watchFile(id string, f *certs.FileSource) {
+	ctx, cancel := context.WithCancel(b.ctx)
+	b.watches[id] = cancel
+	b.run.goNamed("certificate file watch", func() { f.Watch(ctx, certReloadEvery) })
 }
 
 // tlsConfig builds the listener's own TLS configuration: certificates
@@ -148,9 +212,11 @@ func (b *Broker) startCertLoops() {
 	if b.UsesTLS() {
 		b.run.goNamed("certificate metrics", b.certMetricsLoop)
 	}
-	for _, f := range b.files {
-		b.run.goNamed("certificate file watch", func() { f.Watch(b.ctx, certReloadEvery) })
+	b.certMu.Lock()
+	for id, f := range b.files {
+		b.watchFile(id, f)
 	}
+	b.certMu.Unlock()
 	if b.acme == nil {
 		return
 	}

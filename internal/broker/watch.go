@@ -106,11 +106,15 @@ func watchFiles(ctx context.Context, log *slog.Logger, paths []string, interval 
 	}
 }
 
-// policyFiles lists the password and ACL files the configuration names.
+// policyFiles lists the password and ACL files the configuration in force
+// names (and its own files when a reload reads them). Called with b.mu held.
 func (b *Broker) policyFiles() []string {
 	seen := map[string]bool{}
 	var out []string
-	for _, l := range b.cfg.Listeners {
+	if b.load != nil {
+		out = append(out, b.live.Files...) // moat.conf and its include_dir files
+	}
+	for _, l := range b.live.Listeners {
 		for _, p := range []string{l.Security.PasswordFile, l.Security.ACLFile} {
 			if p != "" && !seen[p] {
 				seen[p] = true
@@ -126,11 +130,38 @@ func (b *Broker) policyFiles() []string {
 // does not parse is logged and the previous files stay in force, as with
 // SIGHUP.
 func (b *Broker) WatchFiles(interval time.Duration) (stop func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.watchEvery = interval
+	b.rewatch()
+	return func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.watchEvery = 0
+		b.rewatch()
+	}
+}
+
+// rewatch (re)starts the file watch on the files the configuration in force
+// names: a reload may have changed them. Called with b.mu held.
+func (b *Broker) rewatch() {
 	files := b.policyFiles()
+	if b.watchEvery <= 0 {
+		files = nil
+	}
+	if b.stopWatch != nil && slices.Equal(files, b.watched) {
+		return // same files: the running watch keeps its state
+	}
+	if b.stopWatch != nil {
+		b.stopWatch()
+		b.stopWatch = nil
+	}
+	b.watched = files
 	if len(files) == 0 {
-		return func() {}
+		return
 	}
 	ctx, cancel := context.WithCancel(b.ctx)
+	b.stopWatch = cancel
+	interval := b.watchEvery
 	b.run.goNamed("file watch", func() { watchFiles(ctx, b.log, files, interval, b.reload) })
-	return cancel
 }

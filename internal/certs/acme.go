@@ -30,6 +30,8 @@ import (
 	"github.com/go-acme/lego/v4/lego"
 	"github.com/go-acme/lego/v4/providers/dns/cloudflare"
 	"github.com/go-acme/lego/v4/registration"
+
+	"github.com/moat-mqtt/moat/internal/config"
 )
 
 // ACMEOptions configure a Manager. Zero values select the documented defaults.
@@ -139,7 +141,7 @@ func NewManager(o ACMEOptions) (*Manager, error) {
 	}
 	if from != "environment" {
 		if fi, err := os.Stat(from); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			o.Logger.Warn("cloudflare credentials file is readable by others; chmod 600 it", "file", from, "mode", fi.Mode().Perm().String())
+			o.Logger.Warn("cloudflare credentials file is readable by others", "advice", config.PermissionAdvice(from, fi), "mode", fi.Mode().Perm().String())
 		}
 	}
 	hc, err := acmeHTTPClient(o.Env)

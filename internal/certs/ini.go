@@ -105,7 +105,12 @@ func envSecret(env func(string) string, name string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s_FILE: %w", name, pathOnly(err))
 	}
-	return strings.TrimSpace(string(b)), nil
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		// A secret that failed to render must not fall through to another source.
+		return "", fmt.Errorf("%s_FILE %s is empty", name, p)
+	}
+	return v, nil
 }
 
 // pathOnly keeps an fs error's path and cause without anything read.

@@ -212,10 +212,11 @@ func ReadStatus(stateDir string, staging bool, directoryURL string) (Status, err
 	st.NextRenewal, st.NextAttempt, st.Failures = p.NextRenewal, p.NextAttempt, p.Failures
 	st.LastError, st.LastErrorAt, st.LastRenewed, st.ARI = p.LastError, p.LastErrorAt, p.LastRenewed, p.ARI
 	s, err := loadStored(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		// No certificate yet: the status still says why and when next.
+		return st, nil
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return st, fmt.Errorf("no certificate stored in %s", dir)
-		}
 		return st, err
 	}
 	fillCertStatus(&st, s)

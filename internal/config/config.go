@@ -71,6 +71,10 @@ type Config struct {
 
 	// Warnings are non-fatal findings for check-config and the start-up log.
 	Warnings []string
+
+	// Settings lists every directive line read, in order: a reload compares
+	// them to decide what it may apply (see RestartRequired).
+	Settings []Setting
 }
 
 // Security is authentication and authorisation for one scope.
@@ -81,7 +85,6 @@ type Security struct {
 	PasswordFilePos   Pos
 	ACLFile           string
 	ACLFilePos        Pos
-	AutoIDPrefix      string
 }
 
 // Listener is one listener line and the settings that follow it.
@@ -107,7 +110,6 @@ type Listener struct {
 	WebSocketPath       string
 	WebSocketOrigins    []string
 	TrustedProxies      []netip.Prefix
-	MountPoint          string
 
 	// Security is the listener's own with per_listener_settings, else the global one.
 	Security *Security
@@ -118,7 +120,6 @@ type TLS struct {
 	CertFile, KeyFile      string
 	CAFile, CAPath         string
 	Version                string // minimum: "tlsv1.2" or "tlsv1.3"
-	Ciphers, CiphersTLS13  string
 	RequireCertificate     bool
 	UseIdentityAsUsername  bool
 	UseSubjectAsUsername   bool
@@ -212,6 +213,7 @@ type ACME struct {
 // Admin configures the admin HTTP listener.
 type Admin struct {
 	Listener string // "" when off
+	Pos      Pos    // of the admin_listener line; zero for the default
 	// CertMinDays: /readyz fails when the served certificate expires sooner.
 	CertMinDays int
 }

@@ -23,7 +23,7 @@ func TestDefaultIsLocalOnly(t *testing.T) {
 	if l.Bind != "127.0.0.1" || l.Port != 1883 || l.Protocol != "mqtt" || !l.Security.AllowAnonymous {
 		t.Fatalf("default listener = %+v security %+v", l, l.Security)
 	}
-	if !c.StrictSubscribe || c.Limits.MaxPacketSize == 0 || c.Admin.Listener != "127.0.0.1:9090" {
+	if !c.StrictSubscribe || c.Limits.MaxPacketSize == 0 || c.Admin.Listener != "127.0.0.1:7883" {
 		t.Fatalf("unsafe defaults: %+v", c)
 	}
 }

@@ -34,17 +34,22 @@ func directives() map[string]handler {
 			}
 			p.scoped().Protocol = v
 		},
-		"mount_point": func(p *parser, pos Pos, v string) { p.scoped().MountPoint = v },
+		"mount_point": func(p *parser, pos Pos, v string) {
+			// Accepting it without effect would show the listener's clients
+			// the whole topic tree instead of their prefix.
+			p.errorf(pos, "mount_point is not supported by Moat: its clients would see every topic, not only those under the prefix; give them a topic prefix in acl_file instead (e.g. pattern readwrite tenant/%%u/#)")
+		},
 		"max_connections": func(p *parser, pos Pos, v string) {
 			p.intRange(pos, "max_connections", v, -1, math.MaxInt32, &p.scoped().MaxConnections)
 		},
 		"http_dir": func(p *parser, pos Pos, v string) {
 			p.errorf(pos, "http_dir is not supported: Moat serves no files over HTTP")
 		},
-		"websockets_log_level": func(*parser, Pos, string) {},
+		"websockets_log_level": func(p *parser, pos Pos, v string) {
+			p.ignored(pos, "websockets_log_level", "WebSocket events are logged with log_type websockets and the other log settings")
+		},
 		"websockets_headers_size": func(p *parser, pos Pos, v string) {
-			var n int
-			p.intRange(pos, "websockets_headers_size", v, 0, math.MaxInt32, &n)
+			p.errorf(pos, "websockets_headers_size is not supported by Moat: WebSocket upgrade requests are limited to 16 KiB of headers; remove the line")
 		},
 		"use_username_as_clientid": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.UseUsernameAsClientID) },
 
@@ -73,12 +78,18 @@ func directives() map[string]handler {
 				p.errorf(pos, "tls_version must be tlsv1.2 or tlsv1.3")
 			}
 		},
-		"ciphers":                  func(p *parser, pos Pos, v string) { p.scoped().TLS.Ciphers = v },
-		"ciphers_tls1.3":           func(p *parser, pos Pos, v string) { p.scoped().TLS.CiphersTLS13 = v },
+		"ciphers": func(p *parser, pos Pos, v string) {
+			p.errorf(pos, "ciphers is not supported by Moat: its TLS 1.2 suites are fixed to ECDHE key exchange with AES-GCM or ChaCha20-Poly1305; remove the line")
+		},
+		"ciphers_tls1.3": func(p *parser, pos Pos, v string) {
+			p.errorf(pos, "ciphers_tls1.3 is not supported by Moat: TLS 1.3 suites are fixed (all AEAD); remove the line")
+		},
 		"require_certificate":      func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.scoped().TLS.RequireCertificate) },
 		"use_identity_as_username": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.scoped().TLS.UseIdentityAsUsername) },
 		"use_subject_as_username":  func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.scoped().TLS.UseSubjectAsUsername) },
-		"dhparamfile":              func(*parser, Pos, string) {}, // only DHE suites use it; Moat offers none
+		"dhparamfile": func(p *parser, pos Pos, v string) {
+			p.ignored(pos, "dhparamfile", "only DHE suites use it and Moat offers none")
+		},
 		"tls": func(p *parser, pos Pos, v string) {
 			if v != "acme" {
 				p.errorf(pos, "tls: the only value is acme")
@@ -144,7 +155,9 @@ func directives() map[string]handler {
 			s := p.security()
 			s.ACLFile, s.ACLFilePos = p.resolve(pos, p.path(pos, "acl_file", v)), pos
 		},
-		"auto_id_prefix":      func(p *parser, pos Pos, v string) { p.security().AutoIDPrefix = v },
+		"auto_id_prefix": func(p *parser, pos Pos, v string) {
+			p.errorf(pos, "auto_id_prefix is not supported by Moat: clients that send no client id get an id Moat generates; ACL %%c patterns should not rely on a prefix")
+		},
 		"strict_subscribe":    func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.StrictSubscribe) },
 		"check_retain_source": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.CheckRetainSource) },
 
@@ -209,10 +222,15 @@ func directives() map[string]handler {
 			}
 		},
 		"upgrade_outgoing_qos": func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "upgrade_outgoing_qos", v) },
-		"set_tcp_nodelay":      func(p *parser, pos Pos, v string) { var b bool; p.boolean(pos, v, &b) },
-		"max_inflight_bytes":   func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "max_inflight_bytes", v) },
-		"queue_qos0_messages":  func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "queue_qos0_messages", v) },
-		"memory_limit":         func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "memory_limit", v) },
+		"set_tcp_nodelay": func(p *parser, pos Pos, v string) {
+			var b bool
+			if p.boolean(pos, v, &b) {
+				p.ignored(pos, "set_tcp_nodelay", "Moat's TCP connections always have TCP_NODELAY set (Go's default)")
+			}
+		},
+		"max_inflight_bytes":  func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "max_inflight_bytes", v) },
+		"queue_qos0_messages": func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "queue_qos0_messages", v) },
+		"memory_limit":        func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "memory_limit", v) },
 		"allow_zero_length_clientid": func(p *parser, pos Pos, v string) {
 			var b bool
 			if p.boolean(pos, v, &b) && !b {
@@ -275,9 +293,15 @@ func directives() map[string]handler {
 			p.cfg.Persistence.File = v
 		},
 		"autosave_interval": func(p *parser, pos Pos, v string) {
-			p.intRange(pos, "autosave_interval", v, 0, math.MaxInt32, &p.cfg.Persistence.AutosaveInterval)
+			if p.intRange(pos, "autosave_interval", v, 0, math.MaxInt32, &p.cfg.Persistence.AutosaveInterval) {
+				p.ignored(pos, "autosave_interval", "Moat saves every retained message and session change before acknowledging it")
+			}
 		},
-		"autosave_on_changes": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.Persistence.AutosaveOnChanges) },
+		"autosave_on_changes": func(p *parser, pos Pos, v string) {
+			if p.boolean(pos, v, &p.cfg.Persistence.AutosaveOnChanges) {
+				p.ignored(pos, "autosave_on_changes", "Moat saves every retained message and session change before acknowledging it")
+			}
+		},
 		"persistence_encryption": func(p *parser, pos Pos, v string) {
 			if v != "gocryptfs" && v != "off" {
 				p.errorf(pos, "persistence_encryption must be gocryptfs or off")
@@ -296,12 +320,23 @@ func directives() map[string]handler {
 		},
 
 		// Logging.
-		"log_dest":             (*parser).logDest,
-		"log_type":             (*parser).logType,
-		"log_facility":         func(p *parser, pos Pos, v string) { var n int; p.intRange(pos, "log_facility", v, 0, 7, &n) },
-		"log_timestamp":        func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.Log.Timestamp) },
-		"log_timestamp_format": func(*parser, Pos, string) {},
-		"connection_messages":  func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.Log.ConnectionMessages) },
+		"log_dest": (*parser).logDest,
+		"log_type": (*parser).logType,
+		"log_facility": func(p *parser, pos Pos, v string) {
+			var n int
+			if p.intRange(pos, "log_facility", v, 0, 7, &n) {
+				p.ignored(pos, "log_facility", "Moat does not log to syslog (log_dest syslog is refused)")
+			}
+		},
+		"log_timestamp": func(p *parser, pos Pos, v string) {
+			if p.boolean(pos, v, &p.cfg.Log.Timestamp) {
+				p.ignored(pos, "log_timestamp", "every Moat log line carries an RFC 3339 time")
+			}
+		},
+		"log_timestamp_format": func(p *parser, pos Pos, v string) {
+			p.ignored(pos, "log_timestamp_format", "every Moat log line carries an RFC 3339 time")
+		},
+		"connection_messages": func(p *parser, pos Pos, v string) { p.boolean(pos, v, &p.cfg.Log.ConnectionMessages) },
 		"log_format": func(p *parser, pos Pos, v string) {
 			if v != "text" && v != "json" {
 				p.errorf(pos, "log_format must be text or json")
@@ -311,17 +346,23 @@ func directives() map[string]handler {
 		},
 
 		// Process.
-		"user":     func(p *parser, pos Pos, v string) { p.cfg.User = v },
-		"pid_file": func(*parser, Pos, string) {},
+		"user": func(p *parser, pos Pos, v string) {
+			p.cfg.User = v
+			p.ignored(pos, "user", "Moat never switches users; run it as the user it should be (uid 1883 in the image)")
+		},
+		"pid_file": func(p *parser, pos Pos, v string) {
+			p.ignored(pos, "pid_file", "Moat writes no pid file; a service manager or container runtime tracks the process")
+		},
 
 		// Admin listener.
 		"admin_listener": func(p *parser, pos Pos, v string) {
+			p.cfg.Admin.Pos = pos
 			if v == "off" {
 				p.cfg.Admin.Listener = ""
 				return
 			}
 			if _, err := netip.ParseAddrPort(v); err != nil {
-				p.errorf(pos, "admin_listener must be ADDR:PORT (e.g. 127.0.0.1:9090) or off")
+				p.errorf(pos, "admin_listener must be ADDR:PORT (e.g. 127.0.0.1:7883) or off")
 				return
 			}
 			p.cfg.Admin.Listener = v
@@ -421,7 +462,23 @@ func (p *parser) directive(pos Pos, key, value string) {
 		p.errorf(pos, "%s needs a value", key)
 		return
 	}
+	p.scopedUse = false
 	h(p, pos, value)
+	// A listener-scoped value belongs to the listener line it follows.
+	scope := ""
+	if p.scopedUse && p.cur != nil {
+		scope = p.curLine
+	}
+	switch {
+	case key == "listener":
+		scope, p.curLine, p.globalSince = value, value, false
+	case p.cur == nil:
+	case p.scopedUse && p.globalSince:
+		p.cfg.Warnings = append(p.cfg.Warnings, fmt.Sprintf("%s: %s applies to listener %s (%s) only, though broker-wide settings come between; write it right under the listener it is for, or before the first listener line for all", pos, key, p.curLine, p.cur.Pos))
+	case !p.scopedUse:
+		p.globalSince = true
+	}
+	p.cfg.Settings = append(p.cfg.Settings, Setting{Name: key, Value: value, Listener: scope, Pos: pos})
 }
 
 func (p *parser) listener(pos Pos, v string) {
@@ -570,6 +627,12 @@ func (p *parser) path(pos Pos, name, v string) string {
 		p.cfg.Warnings = append(p.cfg.Warnings, fmt.Sprintf("%s: %s value contains \" #\": comments are not allowed after values, it is part of the path", pos, name))
 	}
 	return v
+}
+
+// ignored accepts a mosquitto directive that has no effect in Moat and says
+// why that is safe, so it is never ignored silently.
+func (p *parser) ignored(pos Pos, name, why string) {
+	p.cfg.Warnings = append(p.cfg.Warnings, fmt.Sprintf("%s: %s is accepted and ignored: %s", pos, name, why))
 }
 
 func (p *parser) unsupportedBool(pos Pos, name, v string) {

@@ -65,6 +65,12 @@ type parser struct {
 	// cur is the listener that listener-scoped directives apply to; nil
 	// before the first listener line.
 	cur *Listener
+	// curLine is the value of the listener line cur came from; scopedUse
+	// records that the directive being read is listener-scoped.
+	curLine   string
+	scopedUse bool
+	// globalSince: a broker-wide directive came after the last listener line.
+	globalSince bool
 	// implicit holds settings given before any listener line (or by port /
 	// bind_address): the default listener's, inherited by later listeners.
 	implicit     *Listener
@@ -89,7 +95,7 @@ func newParser(env func(string) string) *parser {
 		Persistence: Persistence{File: "moat.db", AutosaveInterval: 1800, Encryption: "gocryptfs"},
 		Log:         Log{Format: "text", Types: map[string]bool{}, ConnectionMessages: true},
 		ACME:        ACME{KeyType: "ec256", PropagationCheck: true, StateDir: "/var/lib/moat/acme", CloudflareCredentials: "/secrets/cloudflare.ini"},
-		Admin:       Admin{Listener: "127.0.0.1:9090", CertMinDays: 7},
+		Admin:       Admin{Listener: "127.0.0.1:7883", CertMinDays: 7},
 		Abuse:       Abuse{BanThreshold: 5, BanBase: 2e9, BanMax: 15 * 60e9, BanIPv4Prefix: 32, BanIPv6Prefix: 64},
 		Quotas:      defaultQuotas(),
 		// Sessions that are never resumed must not live for ever.
@@ -218,6 +224,7 @@ func (p *parser) resolve(pos Pos, path string) string {
 
 // scoped returns the listener that listener-scoped settings apply to.
 func (p *parser) scoped() *Listener {
+	p.scopedUse = true
 	if p.cur != nil {
 		return p.cur
 	}
@@ -227,6 +234,7 @@ func (p *parser) scoped() *Listener {
 // security returns the Security that auth directives apply to.
 func (p *parser) security() *Security {
 	if p.cfg.PerListenerSettings && p.cur != nil {
+		p.scopedUse = true
 		return p.cur.Security
 	}
 	if p.cfg.PerListenerSettings {

@@ -34,7 +34,7 @@ import (
 func haTestCert(t *testing.T, dir string) (certFile, keyFile, caFile string, pool *x509.CertPool, spki string) {
 	t.Helper()
 	ca := moattest.NewCA(t)
-	certFile, keyFile, caFile = ca.WriteFiles(t, dir, "localhost", "127.0.0.1", "::1")
+	certFile, keyFile, caFile = ca.WriteFiles(t, dir, "server", "localhost", "127.0.0.1", "::1")
 	data, err := os.ReadFile(certFile)
 	if err != nil {
 		t.Fatal(err)

@@ -92,6 +92,7 @@ type Listener struct {
 	log    *slog.Logger
 	limits *limiter
 	tls    *tls.Config
+	hsLog  *handshakeLog
 	trust  []netip.Prefix
 
 	ln      net.Listener // raw listener (guarded)
@@ -146,6 +147,7 @@ func New(o Options) (*Listener, error) {
 		trust:  slices.Clone(o.TrustedProxies),
 		live:   make(map[net.Conn]struct{}),
 		stop:   make(chan struct{}),
+		hsLog:  newHandshakeLog(),
 	}
 	for i, p := range l.trust {
 		l.trust[i] = p.Masked()
@@ -249,7 +251,7 @@ func (l *Listener) Serve(establish listeners.EstablishFn) {
 // deadline, in the session goroutine) and the framing reader.
 func (l *Listener) wrapStream(c net.Conn) net.Conn {
 	if l.tls != nil {
-		c = tls.Server(c, l.tls)
+		c = &hsConn{Conn: tls.Server(c, l.tls), l: l}
 	}
 	if l.skipFrameCheck {
 		return c

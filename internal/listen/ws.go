@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -48,7 +47,7 @@ func (l *Listener) initWebSocket() {
 		MaxHeaderBytes: maxHeaderBytes,
 		// A non-nil empty map disables HTTP/2: WebSocket needs HTTP/1.1.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:     slog.NewLogLogger(l.log.Handler(), slog.LevelDebug),
+		ErrorLog:     l.httpErrorLog(), // TLS handshake failures at warning level
 		ConnContext:  withHTTPConn,
 	}
 	// One request per connection: a client could otherwise hold a

@@ -101,8 +101,8 @@ func (ca *CA) Issue(t testing.TB, names ...string) tls.Certificate {
 }
 
 // WriteFiles issues a certificate for names and writes, into dir, the
-// chain (cert.pem), its key (key.pem, 0600) and the CA (ca.pem).
-func (ca *CA) WriteFiles(t testing.TB, dir string, names ...string) (certFile, keyFile, caFile string) {
+// chain (base.crt), its key (base.key, 0600) and the CA (base-ca.pem).
+func (ca *CA) WriteFiles(t testing.TB, dir, base string, names ...string) (certFile, keyFile, caFile string) {
 	t.Helper()
 	c := ca.Issue(t, names...)
 	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
@@ -113,15 +113,23 @@ func (ca *CA) WriteFiles(t testing.TB, dir string, names ...string) (certFile, k
 	for _, der := range c.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
-	certFile, keyFile, caFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
+	certFile, keyFile, caFile = filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key"), filepath.Join(dir, base+"-ca.pem")
 	for _, f := range []struct {
 		path string
 		data []byte
 		mode os.FileMode
-	}{{certFile, chain, 0o644}, {keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600}, {caFile, ca.PEM, 0o644}} {
+	}{{certFile, chain, 0o600}, {keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600}, {caFile, ca.PEM, 0o644}} {
 		if err := os.WriteFile(f.path, f.data, f.mode); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return certFile, keyFile, caFile
+}
+
+// WriteServerFiles writes a certificate for 127.0.0.1, ::1 and localhost
+// from a CA of its own as base.crt and base.key into dir.
+func WriteServerFiles(t testing.TB, dir, base string) (certFile, keyFile string) {
+	t.Helper()
+	certFile, keyFile, _ = NewCA(t).WriteFiles(t, dir, base)
+	return certFile, keyFile
 }
