@@ -220,8 +220,12 @@ func readKey(path string, log *slog.Logger) ([]byte, error) {
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("persistence_key_file %s: not a regular file", path)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		log.Warn("persistence_key_file is accessible by group or others; restrict it to the owner (chmod 600)",
+	// Group-readable is how a secret owned by root reaches Moat's uid
+	// (chgrp 1883, chmod 640): only readable by everyone is a warning, and
+	// the advice must not lock Moat out of a file it does not own.
+	if st.Mode().Perm()&0o004 != 0 {
+		log.Warn("persistence_key_file is readable by every user on this host; make it readable by Moat's user only: "+
+			"chmod 600 if Moat's uid owns it, else chgrp to Moat's group and chmod 640 (uid and gid 1883 in the Moat image)",
 			"file", path, "mode", st.Mode().Perm().String())
 	}
 	buf := make([]byte, maxKeyLen+2)

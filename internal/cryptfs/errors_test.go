@@ -1,8 +1,10 @@
 package cryptfs
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,5 +146,35 @@ func TestStderrTail(t *testing.T) {
 	want := "panic: boom; goroutine 1; frame 0; …; frame 15; frame 16; frame 17; frame 18; frame 19; exit status 2"
 	if got != want {
 		t.Errorf("tail = %q\nwant   %q", got, want)
+	}
+}
+
+// A group-readable key (a secret owned by root, group Moat's) draws no
+// warning; a world-readable one does, without advice that would lock Moat
+// out of a file it does not own.
+func TestReadKeyPermissionWarning(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		mode os.FileMode
+		warn bool
+	}{{0o600, false}, {0o640, false}, {0o644, true}, {0o604, true}} {
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		p := filepath.Join(dir, fmt.Sprintf("key-%o", tt.mode))
+		if err := os.WriteFile(p, []byte("s3cret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, tt.mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := readKey(p, log); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "persistence_key_file is readable"); got != tt.warn {
+			t.Errorf("mode %o: warned %v, want %v: %s", tt.mode, got, tt.warn, logs.String())
+		}
+		if strings.Contains(logs.String(), "s3cret") {
+			t.Errorf("mode %o: the key reached the log", tt.mode)
+		}
 	}
 }
