@@ -18,6 +18,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
@@ -313,6 +314,7 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		TrustedProxies: l.TrustedProxies,
 		Logger:         b.log, // listen names the listener on each line itself
 		OnPanic:        b.cleanupPanicked,
+		CloseClients:   b.closeListenerClients,
 	}
 	o.MaxConnections, o.MaxConnectionsPerIP, o.ConnectRate, o.ConnectBurst = connLimits(l)
 	if l.UnixPath != "" {
@@ -401,6 +403,19 @@ func (b *Broker) AdminAddr() string {
 
 // cleanupPanicked removes what a panicking session left in mochi: its
 // client entry and subscriptions (mochi's own cleanup was skipped).
+// closeListenerClients disconnects the clients of one listener (MQTT 5:
+// 0x8B) when it closes. mochi's own takes its client list's read lock
+// twice (Clients.GetByListener calls Len under it): a client leaving in
+// between, whose Delete waits for the write lock, deadlocks the stop.
+// GetAll takes it once.
+func (b *Broker) closeListenerClients(listenerID string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == listenerID && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
+
 func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Conn != conn {

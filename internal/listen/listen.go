@@ -75,6 +75,11 @@ type Options struct {
 	// sessions and server.Clients.Delete(cl.ID). mochi's deferred
 	// ClientsConnected decrement and Listeners.ClientsWg.Done still run.
 	OnPanic func(remote string, conn net.Conn)
+	// CloseClients, when set, disconnects the listener's clients at Close
+	// in place of the function mochi hands to Close: mochi's reads its
+	// client list under a read lock taken twice, and a client leaving in
+	// between deadlocks the shutdown.
+	CloseClients func(listenerID string)
 
 	// WriteTimeout bounds one write to a client; 0 = DefaultWriteTimeout.
 	WriteTimeout time.Duration
@@ -334,7 +339,10 @@ func (l *Listener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
-	if closeClients != nil {
+	switch {
+	case l.o.CloseClients != nil:
+		l.o.CloseClients(l.o.ID)
+	case closeClients != nil:
 		closeClients(l.o.ID)
 	}
 	l.mu.Lock()

@@ -673,3 +673,22 @@ func isCloseNormal(err error) bool {
 	var ce *websocketCloseError
 	return errors.As(err, &ce) && ce.Code == closeNormal
 }
+
+// With Options.CloseClients, Close disconnects the listener's clients
+// through it and never through mochi's callback, whose client list read
+// lock is taken twice and deadlocks against a client leaving meanwhile.
+func TestCloseUsesOwnClientDisconnect(t *testing.T) {
+	var own []string
+	l, err := New(Options{ID: "own", Address: "127.0.0.1:0", CloseClients: func(id string) { own = append(own, id) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Init(nil); err != nil {
+		t.Fatal(err)
+	}
+	go l.Serve(func(string, net.Conn) error { return nil })
+	l.Close(func(string) { t.Error("mochi's client disconnect called") })
+	if len(own) != 1 || own[0] != "own" {
+		t.Errorf("CloseClients calls %v, want [own]", own)
+	}
+}

@@ -35,4 +35,7 @@
 //	ack written before the fan-out that queues the message     store pending records                store TestPendingRecordRestored; e2e TestPersistCrashQueued
 //	  for offline sessions (lost in a crash)
 //	a hook cannot be removed (store after a dead mount)        store Hook.Switch + Adopt            e2e TestPersistMountDeath
+//	Clients.GetByListener read-locks twice: a client leaving   broker closeListenerClients via      listen TestCloseUsesOwnClientDisconnect;
+//	  during a listener's close deadlocks the stop               listen Options.CloseClients          broker TestCloseWhileClientsChurn
+//	no hook before a delivery is queued but the read check     auth OnACLCheck asks limits Queues   broker TestOfflineQueuesBounded
 package mochi
