@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,7 +21,16 @@ type CA struct {
 	Cert *x509.Certificate
 	PEM  []byte // the CA certificate
 	key  *ecdsa.PrivateKey
-	next atomic.Int64
+}
+
+// serial is random, as a CA's are: tests tell certificates apart by it.
+func serial(t testing.TB) *big.Int {
+	t.Helper()
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // NewCA makes a fresh CA.
@@ -34,7 +42,7 @@ func NewCA(t testing.TB) *CA {
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
+		SerialNumber:          serial(t),
 		Subject:               pkix.Name{CommonName: "Moat test CA"},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(24 * time.Hour),
@@ -50,9 +58,7 @@ func NewCA(t testing.TB) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &CA{Cert: cert, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: key}
-	ca.next.Store(1)
-	return ca
+	return &CA{Cert: cert, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: key}
 }
 
 // Pool holds the CA, for clients.
@@ -75,7 +81,7 @@ func (ca *CA) Issue(t testing.TB, names ...string) tls.Certificate {
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(ca.next.Add(1)),
+		SerialNumber: serial(t),
 		Subject:      pkix.Name{CommonName: names[0]},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(24 * time.Hour),
