@@ -46,6 +46,7 @@ type Config struct {
 	ACME        ACME
 	Admin       Admin
 	Abuse       Abuse
+	Memory      Memory
 
 	// StrictSubscribe refuses subscription filters not covered by a read
 	// rule (Moat's default); false restores mosquitto's grant-and-filter.
@@ -136,6 +137,20 @@ type Limits struct {
 	MaxQoS              byte
 	RetainAvailable     bool
 }
+
+// Memory: what the broker may use and what happens near it.
+type Memory struct {
+	// Limit is memory_limit in bytes: the Go runtime's soft limit
+	// (GOMEMLIMIT) is set to 90% of it, and new connections are refused
+	// once live memory reaches that. 0 = the container's cgroup limit, if
+	// any.
+	Limit int64
+	Pos   Pos
+}
+
+// MinMemoryLimit is the smallest memory_limit accepted: below it the
+// broker would refuse every connection.
+const MinMemoryLimit = 32 << 20
 
 // Persistence configures the durable store.
 type Persistence struct {
