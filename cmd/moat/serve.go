@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -16,6 +17,7 @@ import (
 	"github.com/moat-mqtt/moat/internal/certs"
 	"github.com/moat-mqtt/moat/internal/config"
 	"github.com/moat-mqtt/moat/internal/logging"
+	"github.com/moat-mqtt/moat/internal/memlimit"
 )
 
 // shutdownGrace bounds a graceful stop.
@@ -78,7 +80,8 @@ func runServe(args []string, io stdio) int {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv})
+	plan := applyMemoryLimit(cfg, log)
+	b, err := broker.New(broker.Options{Config: cfg, Logger: log, Env: os.Getenv, MemoryAdmit: plan.Admit})
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -112,6 +115,27 @@ func runServe(args []string, io stdio) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// applyMemoryLimit tells the runtime the memory it may use: memory_limit,
+// else the container's cgroup limit; GOMEMLIMIT in the environment wins
+// for the runtime. It returns the plan, whose Admit the broker refuses new
+// connections at.
+func applyMemoryLimit(cfg *config.Config, log *slog.Logger) memlimit.Plan {
+	cg, file, err := memlimit.Cgroup(os.DirFS("/"))
+	if err != nil {
+		log.Warn("container memory limit not read", "error", err)
+	}
+	env := os.Getenv("GOMEMLIMIT")
+	plan := memlimit.Decide(cfg.Memory.Limit, cg, file, env, debug.SetMemoryLimit(-1))
+	if plan.Runtime > 0 {
+		debug.SetMemoryLimit(plan.Runtime)
+	}
+	if plan.Limit > 0 {
+		log.Info("memory limit", "limit_bytes", plan.Limit, "source", plan.Source,
+			"gomemlimit_bytes", debug.SetMemoryLimit(-1), "refuse_connections_at_bytes", plan.Admit)
+	}
+	return plan
 }
 
 func logDests(cfg *config.Config) []logging.Dest {
