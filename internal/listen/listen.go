@@ -355,6 +355,14 @@ func (l *Listener) Stats() (connections, ipEntries int) {
 	return total, entries
 }
 
+// Sessions is the number of connections handed to mochi and not yet
+// ended (tracked for Close).
+func (l *Listener) Sessions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.live)
+}
+
 // guardListener is the accept side shared by all variants: it never returns
 // a transient error, refuses connections over the limits at once, and arms
 // the CONNECT deadline and TCP keepalive.
