@@ -255,6 +255,7 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		TrustedProxies:      l.TrustedProxies,
 		Logger:              b.log.With("listener", l.ID),
 		OnPanic:             b.cleanupPanicked,
+		OnRefused:           b.met.ConnectionRefused,
 	}
 	if l.MaxConnections > 0 {
 		o.MaxConnections = l.MaxConnections

@@ -22,6 +22,8 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"golang.org/x/time/rate"
+
+	"github.com/moat-mqtt/moat/internal/logging"
 )
 
 var _ listeners.Listener = (*Listener)(nil)
@@ -76,6 +78,11 @@ type Options struct {
 	// ClientsConnected decrement and Listeners.ClientsWg.Done still run.
 	OnPanic func(remote string, conn net.Conn)
 
+	// OnRefused is told of each connection a limit refused, with the
+	// setting's name: max_connections, max_connections_per_ip or
+	// max_connection_rate_per_ip (metrics).
+	OnRefused func(limit string)
+
 	// WriteTimeout bounds one write to a client; 0 = DefaultWriteTimeout.
 	WriteTimeout time.Duration
 
@@ -105,6 +112,7 @@ type Listener struct {
 	mu     sync.Mutex
 	live   map[net.Conn]struct{} // sessions handed to mochi
 	stop   chan struct{}         // closed by Close
+	quiet  *logging.Limiter      // refusal lines, a few per window
 
 	// skipFrameCheck disables the framing reader (tests only: shows the
 	// recover alone contains mochi #501).
@@ -166,6 +174,9 @@ func New(o Options) (*Listener, error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	l.quiet = logging.NewLimiter(l.log, logging.LimitOptions{
+		Burst: 5, Window: 10 * time.Second, Message: "repeated connection refusals not logged", KeyAttr: "reason",
+	})
 	return l, nil
 }
 
@@ -355,6 +366,17 @@ func (l *Listener) Stats() (connections, ipEntries int) {
 	return total, entries
 }
 
+// refused counts and logs (a few lines per window) a connection a limit
+// refused.
+func (l *Listener) refused(remote, reason string) {
+	if l.o.OnRefused != nil {
+		l.o.OnRefused(limitSetting(reason))
+	}
+	if l.quiet.Allow(reason) {
+		l.log.Warn("connection refused", "listener", l.o.ID, "remote", remote, "reason", reason)
+	}
+}
+
 // Sessions is the number of connections handed to mochi and not yet
 // ended (tracked for Close).
 func (l *Listener) Sessions() int {
@@ -408,7 +430,7 @@ func (g *guardListener) Accept() (net.Conn, error) {
 			release, reason := l.limits.acquire(peer)
 			if reason != denyNone {
 				_ = c.Close()
-				l.log.Debug("connection refused", "listener", l.o.ID, "remote", c.RemoteAddr().String(), "reason", reason)
+				l.refused(c.RemoteAddr().String(), reason)
 				continue
 			}
 			gc.release = release
