@@ -38,6 +38,12 @@ const (
 	wsCloseTimeout           = time.Second
 )
 
+// keepAlive is the TCP keepalive of every connection: a peer gone without
+// a FIN is found in about a minute and a half.
+func keepAlive() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: true, Idle: keepAlivePeriod, Interval: keepAlivePeriod / 2, Count: 4}
+}
+
 // Options configures a Listener.
 type Options struct {
 	ID        string
@@ -221,7 +227,9 @@ func (l *Listener) Init(log *slog.Logger) error {
 	}
 	ln := l.o.Listener
 	if ln == nil {
-		var lc net.ListenConfig
+		// Accepted connections get the keepalive settings from the
+		// listener, with the accept: no extra system calls per connection.
+		lc := net.ListenConfig{KeepAliveConfig: keepAlive()}
 		var err error
 		ln, err = lc.Listen(context.Background(), l.o.Network, l.o.Address)
 		if err != nil {
@@ -417,8 +425,8 @@ func (g *guardListener) Accept() (net.Conn, error) {
 			continue
 		}
 		backoff = 0
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAlivePeriod, Interval: keepAlivePeriod / 2, Count: 4})
+		if tc, ok := c.(*net.TCPConn); ok && l.o.Listener != nil {
+			_ = tc.SetKeepAliveConfig(keepAlive()) // a listener Moat did not open
 		}
 		_ = c.SetDeadline(time.Now().Add(l.o.ConnectTimeout))
 
