@@ -123,11 +123,50 @@ func readLimit(fsys fs.FS, file string) (int64, bool, error) {
 	return int64(n), true, nil
 }
 
-// Runtime is the share of a memory limit the Go runtime is given as its
-// soft limit (GOMEMLIMIT): the rest covers what the runtime does not
-// manage (cgo, kernel socket buffers counted to the cgroup, page cache of
-// the store).
-func Runtime(limit int64) int64 { return limit / 10 * 9 }
+// Plan is what a process does with a memory limit.
+type Plan struct {
+	// Limit is the memory the process may use, 0 = none known.
+	Limit int64
+	// Source says where Limit came from: "memory_limit", a cgroup file,
+	// "GOMEMLIMIT", or "" for none.
+	Source string
+	// Runtime is the Go runtime's soft limit to set (debug.SetMemoryLimit),
+	// 90% of Limit: the rest covers what the runtime does not manage (cgo,
+	// socket buffers the kernel charges to the cgroup). 0 = leave the
+	// runtime's limit as it is (none known, or GOMEMLIMIT set).
+	Runtime int64
+	// Admit is the live memory (see Usage) from which new connections are
+	// refused, 80% of Limit: the connected clients keep headroom before
+	// the collector runs flat out and the kernel kills the process.
+	// 0 = never.
+	Admit int64
+}
+
+// Decide makes the Plan. configured is memory_limit (0 = unset); cgroup
+// the container's limit (0 = none); env is GOMEMLIMIT if set, with
+// runtimeLimit the runtime's soft limit (debug.SetMemoryLimit(-1)), which
+// the runtime already took from it. memory_limit wins over the cgroup;
+// GOMEMLIMIT keeps the runtime's limit but only sets the admission
+// threshold when nothing else does.
+func Decide(configured, cgroup int64, cgroupFile, env string, runtimeLimit int64) Plan {
+	var p Plan
+	switch {
+	case configured > 0:
+		p.Limit, p.Source = configured, "memory_limit"
+	case cgroup > 0:
+		p.Limit, p.Source = cgroup, cgroupFile
+	case env != "" && runtimeLimit > 0 && runtimeLimit < math.MaxInt64:
+		// The runtime's limit already is 90% of the budget by our rule.
+		return Plan{Limit: runtimeLimit, Source: "GOMEMLIMIT", Admit: runtimeLimit / 9 * 8}
+	default:
+		return p
+	}
+	p.Admit = p.Limit / 10 * 8
+	if env == "" {
+		p.Runtime = p.Limit / 10 * 9
+	}
+	return p
+}
 
 // Usage samples the runtime's memory in use cheaply (no stop-the-world):
 // the heap that survived the last collection plus what the runtime holds

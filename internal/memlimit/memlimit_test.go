@@ -1,6 +1,7 @@
 package memlimit
 
 import (
+	"math"
 	"runtime"
 	"strings"
 	"testing"
@@ -77,11 +78,34 @@ func TestCgroup(t *testing.T) {
 	}
 }
 
-func TestRuntimeShare(t *testing.T) {
-	for _, tc := range []struct{ in, want int64 }{{0, 0}, {10, 9}, {1000 << 20, 900 << 20}} {
-		if got := Runtime(tc.in); got != tc.want {
-			t.Errorf("Runtime(%d) = %d, want %d", tc.in, got, tc.want)
-		}
+func TestDecide(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name               string
+		configured, cgroup int64
+		env                string
+		runtime            int64
+		want               Plan
+	}{
+		{name: "nothing", runtime: math.MaxInt64},
+		{name: "memory_limit", configured: 1000 * mib, runtime: math.MaxInt64,
+			want: Plan{Limit: 1000 * mib, Source: "memory_limit", Runtime: 900 * mib, Admit: 800 * mib}},
+		{name: "memory_limit over cgroup", configured: 1000 * mib, cgroup: 2000 * mib, runtime: math.MaxInt64,
+			want: Plan{Limit: 1000 * mib, Source: "memory_limit", Runtime: 900 * mib, Admit: 800 * mib}},
+		{name: "cgroup", cgroup: 500 * mib, runtime: math.MaxInt64,
+			want: Plan{Limit: 500 * mib, Source: "/sys/fs/cgroup/memory.max", Runtime: 450 * mib, Admit: 400 * mib}},
+		{name: "GOMEMLIMIT keeps the runtime's limit", cgroup: 500 * mib, env: "300MiB", runtime: 300 * mib,
+			want: Plan{Limit: 500 * mib, Source: "/sys/fs/cgroup/memory.max", Admit: 400 * mib}},
+		{name: "GOMEMLIMIT alone", env: "900MiB", runtime: 900 * mib,
+			want: Plan{Limit: 900 * mib, Source: "GOMEMLIMIT", Admit: 800 * mib}},
+		{name: "GOMEMLIMIT off", env: "off", runtime: math.MaxInt64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Decide(tc.configured, tc.cgroup, "/sys/fs/cgroup/memory.max", tc.env, tc.runtime)
+			if got != tc.want {
+				t.Fatalf("Decide = %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
 
