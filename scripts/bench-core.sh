@@ -15,7 +15,8 @@
 # -subs-filters subscriptions each).
 #
 # Environment: MOSQUITTO (default: mosquitto on PATH, then /usr/sbin/mosquitto),
-# QUICK, REPS, MEMORY_LIMIT.
+# QUICK, REPS, MEMORY_LIMIT, MOAT_BEFORE (an older moat binary measured
+# beside the others).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,7 @@ args=(-moat bin/moat -mosquitto "$mosq" -dir "$tmp/run")
 mkdir "$tmp/run"
 if [ -n "${QUICK:-}" ]; then args+=(-quick); fi
 if [ -n "${REPS:-}" ]; then args+=(-reps "$REPS"); fi
+if [ -n "${MOAT_BEFORE:-}" ]; then args+=(-moat-before "$MOAT_BEFORE"); fi
 if [ -n "${MEMORY_LIMIT:-}" ]; then args+=(-memory-limit "$MEMORY_LIMIT"); fi
 
 echo "moat: $(bin/moat version); $("$mosq" -h 2>&1 | head -1); $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"

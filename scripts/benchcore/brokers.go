@@ -188,6 +188,7 @@ type setup struct {
 	memoryLimit  int64 // memory_limit of every broker (GOMEMLIMIT for mochi); 0 = none
 	moat, mosqui *broker
 	mochi        *broker
+	before       *broker // another Moat binary (an older build), optional
 }
 
 // writePasswd writes the password file with `moat passwd -b`.
@@ -302,7 +303,7 @@ func (s *setup) writeCerts() error {
 // writeConfigs writes one configuration per broker: the same passwd,
 // aclfile and certificate, a plain and a TLS listener each; plain mochi
 // (this program with -serve-mochi) allows every client.
-func (s *setup) writeConfigs(moatBin, mosqBin string) error {
+func (s *setup) writeConfigs(moatBin, mosqBin, beforeBin string) error {
 	limit := ""
 	if s.memoryLimit > 0 {
 		limit = fmt.Sprintf("memory_limit %d\n", s.memoryLimit)
@@ -344,6 +345,12 @@ keyfile %s
 	// The admin listener is off so nothing but the MQTT ports is opened.
 	if s.moat, err = mk("moat", moatBin, "admin_listener off\n"+limit); err != nil {
 		return err
+	}
+	if beforeBin != "" {
+		if s.before, err = mk("moat-before", beforeBin, "admin_listener off\n"+limit); err != nil {
+			return err
+		}
+		s.before.args = []string{"serve", "-c", filepath.Join(s.dir, "moat-before.conf")}
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 
 type options struct {
 	moatBin, mosqBin, dir string
+	beforeBin             string
 	reps                  int
 	dur                   time.Duration
 	pairs, fanout, idle   int
@@ -84,6 +85,7 @@ func main() {
 	quick := flag.Bool("quick", false, "short run: 1 repetition, small counts")
 	flag.StringVar(&o.moatBin, "moat", "bin/moat", "moat binary")
 	flag.StringVar(&o.mosqBin, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
+	flag.StringVar(&o.beforeBin, "moat-before", "", "a second Moat binary (an older build) measured beside the others")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new temporary directory, removed at the end)")
 	flag.IntVar(&o.reps, "reps", 3, "repetitions per broker, interleaved")
 	flag.DurationVar(&o.dur, "dur", 3*time.Second, "length of each throughput and latency run")
@@ -162,10 +164,19 @@ func run(ctx context.Context, o options) error {
 	if err := s.writeCerts(); err != nil {
 		return err
 	}
-	if err := s.writeConfigs(moatBin, o.mosqBin); err != nil {
+	beforeBin := ""
+	if o.beforeBin != "" {
+		if beforeBin, err = filepath.Abs(o.beforeBin); err != nil {
+			return err
+		}
+	}
+	if err := s.writeConfigs(moatBin, o.mosqBin, beforeBin); err != nil {
 		return err
 	}
 	brokers := []*broker{s.moat, s.mochi, s.mosqui}
+	if s.before != nil {
+		brokers = append(brokers, s.before)
+	}
 	for _, b := range brokers {
 		if err := b.start(); err != nil {
 			return err
@@ -336,7 +347,7 @@ func median(v []float64) float64 {
 func printTable(raw map[string]map[string][]float64) {
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.Debug)
-	fmt.Fprintln(w, "metric (median)\tunit\tmoat\tmochi\tmosquitto\tmoat/mosquitto\tbetter\t")
+	fmt.Fprintln(w, "metric (median)\tunit\tmoat\tmochi\tmosquitto\tmoat/mosquitto\tmoat-before\tbetter\t")
 	for _, m := range rows {
 		vals, ok := raw[m.key]
 		if !ok {
@@ -351,16 +362,16 @@ func printTable(raw map[string]map[string][]float64) {
 		if m.higherBetter {
 			better = "higher"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", m.label, m.unit, num(a), num(c), num(b), ratio, better)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", m.label, m.unit, num(a), num(c), num(b), ratio, num(median(vals["moat-before"])), better)
 	}
 	w.Flush()
-	fmt.Println("\nraw values per repetition (moat | mochi | mosquitto):")
+	fmt.Println("\nraw values per repetition (moat | mochi | mosquitto | moat-before):")
 	for _, m := range rows {
 		vals, ok := raw[m.key]
 		if !ok {
 			continue
 		}
-		fmt.Printf("  %-22s %s | %s | %s\n", m.key, list(vals["moat"]), list(vals["mochi"]), list(vals["mosquitto"]))
+		fmt.Printf("  %-22s %s | %s | %s | %s\n", m.key, list(vals["moat"]), list(vals["mochi"]), list(vals["mosquitto"]), list(vals["moat-before"]))
 	}
 }
 
