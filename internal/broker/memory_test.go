@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"runtime"
@@ -179,9 +180,12 @@ func TestQueueBoundedByMaxQueuedMessages(t *testing.T) {
 		sub = b
 	}
 	stalled.Write(sub)
+	// Its SUBACK is the last thing the stalled client reads.
+	if ack, err := mqtttest.ReadPacket(bufio.NewReaderSize(stalled, 16), 4); err != nil || ack.FixedHeader.Type != packets.Suback {
+		t.Fatalf("no SUBACK: %+v %v", ack.FixedHeader, err)
+	}
 	reader := connect(t, tb.addr, as(5, "alice", "reader"))
-	reader.mustSubscribe("alice/flood", "alice/end")
-	time.Sleep(waitQuiet) // the stalled SUBSCRIBE is processed
+	reader.MustSubscribe(t, 0, "alice/flood", "alice/end") // QoS 0: no in-flight quota
 
 	pub := connect(t, tb.addr, as(4, "alice", "flooder"))
 	payload := strings.Repeat("f", 64<<10)
