@@ -97,6 +97,9 @@ func New(o Options) (*Broker, error) {
 	if b.met, err = metrics.New(b.reg, ids...); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	if err := metrics.RegisterRecords(b.reg, b.recordCounts); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:             capabilities(cfg),

@@ -82,6 +82,9 @@ func TestChurnReturnsToBaseline(t *testing.T) {
 		if r := tb.b.Records(); r.Clients != n || r.Identities != n || r.Sessions != n || r.Counted != n {
 			t.Fatalf("round %d: records with %d connected: %+v", round, n, r)
 		}
+		if got := counterValue(t, tb, "moat_client_records", "kind", "identities"); got != n {
+			t.Fatalf("round %d: moat_client_records{kind=identities} = %v, want %d", round, got, n)
+		}
 		// Hostile leavers on top: refused logins, sockets that never
 		// speak, takeovers of a live id.
 		for i := range 20 {

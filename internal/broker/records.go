@@ -28,3 +28,15 @@ func (b *Broker) Records() Records {
 	}
 	return r
 }
+
+// recordCounts is Records for moat_client_records.
+func (b *Broker) recordCounts() map[string]int {
+	if b.auth == nil || b.srv == nil {
+		return nil // not built yet
+	}
+	r := b.Records()
+	return map[string]int{
+		"clients": r.Clients, "identities": r.Identities, "approved": r.Approved,
+		"sessions": r.Sessions, "counted": r.Counted, "networks": r.Networks,
+	}
+}

@@ -317,3 +317,21 @@ func BenchmarkPacketHooks(b *testing.B) {
 		h.OnPacketSent(cl, pk, nil)
 	}
 }
+
+func TestRecordsCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	n := 3
+	if err := RegisterRecords(reg, func() map[string]int { return map[string]int{"clients": n, "networks": 1} }); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want string) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "moat_client_records"); err != nil {
+			t.Error(err)
+		}
+	}
+	head := "# HELP moat_client_records " + recordsHelp + "\n# TYPE moat_client_records gauge\n"
+	check(head + "moat_client_records{kind=\"clients\"} 3\nmoat_client_records{kind=\"networks\"} 1\n")
+	n = 0
+	check(head + "moat_client_records{kind=\"clients\"} 0\nmoat_client_records{kind=\"networks\"} 1\n")
+}
