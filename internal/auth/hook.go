@@ -835,3 +835,13 @@ func stillValid(sc *Scope, id *identity) bool {
 	fp, ok := sc.Passwd.Fingerprint(id.client.Username)
 	return ok && fp == id.fingerprint
 }
+
+// Records counts what the hook holds per client: identities by client
+// id, and CONNECTs approved and not yet claimed.
+func (h *Hook) Records() (identities, approved int) {
+	h.ids.Range(func(any, any) bool { identities++; return true })
+	h.mu.Lock()
+	approved = len(h.approved)
+	h.mu.Unlock()
+	return identities, approved
+}

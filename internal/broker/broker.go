@@ -46,6 +46,9 @@ type Options struct {
 	// its files) and returns what puts it in force; nil: log settings need a
 	// restart.
 	Logs func(*config.Config) (apply func(), err error)
+	// MemoryAdmit is the live memory from which new connections are
+	// refused (memlimit.Plan.Admit); 0 = never.
+	MemoryAdmit int64
 }
 
 // Broker is a running Moat.
@@ -130,16 +133,31 @@ func New(o Options) (*Broker, error) {
 	if b.met, err = metrics.New(b.reg, ids...); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
+	if err := metrics.RegisterRecords(b.reg, b.recordCounts); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 
 	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:           capabilities(cfg),
-		Logger:                 log.With("component", "mqtt"),
-		SysTopicResendInterval: int64(max(cfg.SysInterval/time.Second, 1)),
+		Capabilities:             capabilities(cfg),
+		ClientNetReadBufferSize:  readBuffer,
+		ClientNetWriteBufferSize: writeBuffer,
+		Logger:                   log.With("component", "mqtt"),
+		SysTopicResendInterval:   int64(max(cfg.SysInterval/time.Second, 1)),
 	})
 	if err := mochi.Verify(b.srv); err != nil {
 		return nil, err
 	}
-	// The limits hook goes first: its refusals are cheap and come before
+	b.met.SetMemoryLimit(o.MemoryAdmit)
+	memory, err := newMemoryGuard(b.srv, b.met, log.With("component", "memory"), o.MemoryAdmit)
+	if err != nil {
+		return nil, fmt.Errorf("memory hook: %w", err)
+	}
+	// Before the auth hook: a refusal at the memory limit costs no
+	// password verification. It decides no authentication or ACL.
+	if err := b.srv.AddHook(memory, nil); err != nil {
+		return nil, fmt.Errorf("memory hook: %w", err)
+	}
+	// The limits hook comes next: its refusals are cheap and come before
 	// any password verification. It never allows anything.
 	lim := limits.New(limits.Options{
 		Server:             b.srv,
@@ -217,16 +235,15 @@ func New(o Options) (*Broker, error) {
 // capabilities maps the configuration onto mochi's capabilities, closing
 // mochi's unsafe defaults: unlimited packets, retained messages that expire
 // after a day, topic aliases that reach the ACL as "" (mochi never
-// advertises them anyway). The outbound queue keeps mochi's 8192 entries:
-// mochi drops what does not fit, and a subscription's retained messages
-// all go through it at once (a Home Assistant discovery subscription can
-// match thousands). Its buffer is touched only as it fills, so idle
-// connections do not pay for it in memory.
+// advertises them anyway). The outbound queue holds max_queued_messages
+// (mochi allocates it whole for every connection, and after churn the
+// reused memory is all touched): a subscription's retained messages,
+// which can outnumber it, are paced through it (memoryGuard).
 func capabilities(cfg *config.Config) *mqtt.Capabilities {
 	c := mqtt.NewDefaultServerCapabilities()
 	c.MaximumPacketSize = cfg.Limits.MaxPacketSize
 	c.MaximumMessageExpiryInterval = 0
-	c.MaximumClientWritesPending = 8192
+	c.MaximumClientWritesPending = int32(outboundQueue(cfg))
 	c.TopicAliasMaximum = 0
 	c.MaximumQos = cfg.Limits.MaxQoS
 	if !cfg.Limits.RetainAvailable {
@@ -315,6 +332,7 @@ func (b *Broker) listenOptions(l *config.Listener) (listen.Options, error) {
 		Logger:         b.log, // listen names the listener on each line itself
 		OnPanic:        b.cleanupPanicked,
 		CloseClients:   b.closeListenerClients,
+		OnRefused:      b.met.ConnectionRefused,
 	}
 	o.MaxConnections, o.MaxConnectionsPerIP, o.ConnectRate, o.ConnectBurst = connLimits(l)
 	if l.UnixPath != "" {

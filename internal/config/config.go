@@ -46,6 +46,7 @@ type Config struct {
 	ACME        ACME
 	Admin       Admin
 	Abuse       Abuse
+	Memory      Memory
 
 	// Quotas bound what one client or one user may make the broker hold.
 	Quotas Quotas
@@ -160,6 +161,20 @@ type Quotas struct {
 // storeMaxKey is the store's largest key (bbolt): a session key is the
 // client id, a length prefix of up to 3 bytes and a filter.
 const storeMaxKey = 32768
+
+// Memory: what the broker may use and what happens near it.
+type Memory struct {
+	// Limit is memory_limit in bytes: the Go runtime's soft limit
+	// (GOMEMLIMIT) is set to 90% of it, and new connections are refused
+	// once live memory reaches that. 0 = the container's cgroup limit, if
+	// any.
+	Limit int64
+	Pos   Pos
+}
+
+// MinMemoryLimit is the smallest memory_limit accepted: below it the
+// broker would refuse every connection.
+const MinMemoryLimit = 32 << 20
 
 // Persistence configures the durable store.
 type Persistence struct {

@@ -230,7 +230,6 @@ func directives() map[string]handler {
 		},
 		"max_inflight_bytes":  func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "max_inflight_bytes", v) },
 		"queue_qos0_messages": func(p *parser, pos Pos, v string) { p.unsupportedBool(pos, "queue_qos0_messages", v) },
-		"memory_limit":        func(p *parser, pos Pos, v string) { p.zeroOnly(pos, "memory_limit", v) },
 		"allow_zero_length_clientid": func(p *parser, pos Pos, v string) {
 			var b bool
 			if p.boolean(pos, v, &b) && !b {
@@ -275,6 +274,19 @@ func directives() map[string]handler {
 		},
 		"max_queued_messages_per_user": func(p *parser, pos Pos, v string) {
 			p.intRange(pos, "max_queued_messages_per_user", v, 0, math.MaxInt32, &p.cfg.Quotas.MaxQueuedPerUser)
+		},
+		// Memory: memory_limit (mosquitto's name; bytes, 0 = no limit of
+		// its own) bounds the Go runtime and admits new connections.
+		"memory_limit": func(p *parser, pos Pos, v string) {
+			if i := strings.Index(v, " #"); i >= 0 {
+				v = strings.TrimSpace(v[:i])
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 || (n > 0 && n < MinMemoryLimit) {
+				p.errorf(pos, "memory_limit must be 0 (the container's limit) or a byte count of at least %d", MinMemoryLimit)
+				return
+			}
+			p.cfg.Memory = Memory{Limit: n, Pos: pos}
 		},
 
 		// Persistence.

@@ -23,14 +23,15 @@ var allowed = map[string][]string{
 	"internal/admin": nil,
 	// The certificate manager gives the config package's file-permission
 	// advice.
-	"internal/certs":   {"internal/config"},
-	"internal/config":  nil,
-	"internal/cryptfs": nil,
-	"internal/listen":  nil,
-	"internal/logging": nil,
-	"internal/metrics": nil,
-	"internal/mosqdb":  nil,
-	"internal/passwd":  nil,
+	"internal/certs":    {"internal/config"},
+	"internal/config":   nil,
+	"internal/cryptfs":  nil,
+	"internal/listen":   {"internal/logging"}, // rate-limited refusal lines
+	"internal/logging":  nil,
+	"internal/metrics":  nil,
+	"internal/memlimit": nil,
+	"internal/mosqdb":   nil,
+	"internal/passwd":   nil,
 	// The store and the auth hook write the acks mochi gets wrong through
 	// the mochi package, which matches filters with the ACL's matcher.
 	"internal/store":  {"internal/mochi"},
@@ -44,10 +45,10 @@ var allowed = map[string][]string{
 	"internal/auth": {"internal/acl", "internal/logging", "internal/mochi", "internal/passwd"},
 	// The assembler knows every part.
 	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
-		"internal/cryptfs", "internal/limits", "internal/listen", "internal/logging", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
+		"internal/cryptfs", "internal/limits", "internal/listen", "internal/logging", "internal/memlimit", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
-		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
+		"internal/cryptfs", "internal/logging", "internal/memlimit", "internal/mosqdb", "internal/passwd", "internal/store"},
 	// Test support and benchmarks.
 	"internal/mqtttest":            nil,
 	"internal/moattest":            nil,

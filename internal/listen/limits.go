@@ -68,6 +68,17 @@ const (
 	denyRate  = "per-IP connection rate"
 )
 
+// limitSetting names the setting behind a refusal (metric labels).
+func limitSetting(reason string) string {
+	switch reason {
+	case denyTotal:
+		return "max_connections"
+	case denyPerIP:
+		return "max_connections_per_ip"
+	}
+	return "max_connection_rate_per_ip"
+}
+
 // acquire reserves a slot for addr. On success release must be called exactly
 // once when the connection ends.
 func (l *limiter) acquire(addr netip.Addr) (release func(), reason string) {

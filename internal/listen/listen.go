@@ -22,6 +22,8 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"golang.org/x/time/rate"
+
+	"github.com/moat-mqtt/moat/internal/logging"
 )
 
 var _ listeners.Listener = (*Listener)(nil)
@@ -35,6 +37,12 @@ const (
 	minAcceptBackoff         = 5 * time.Millisecond
 	wsCloseTimeout           = time.Second
 )
+
+// keepAlive is the TCP keepalive of every connection: a peer gone without
+// a FIN is found in about a minute and a half.
+func keepAlive() net.KeepAliveConfig {
+	return net.KeepAliveConfig{Enable: true, Idle: keepAlivePeriod, Interval: keepAlivePeriod / 2, Count: 4}
+}
 
 // Options configures a Listener.
 type Options struct {
@@ -81,6 +89,11 @@ type Options struct {
 	// between deadlocks the shutdown.
 	CloseClients func(listenerID string)
 
+	// OnRefused is told of each connection a limit refused, with the
+	// setting's name: max_connections, max_connections_per_ip or
+	// max_connection_rate_per_ip (metrics).
+	OnRefused func(limit string)
+
 	// WriteTimeout bounds one write to a client; 0 = DefaultWriteTimeout.
 	WriteTimeout time.Duration
 
@@ -111,6 +124,7 @@ type Listener struct {
 	mu     sync.Mutex
 	live   map[net.Conn]struct{} // sessions handed to mochi
 	stop   chan struct{}         // closed by Close
+	quiet  *logging.Limiter      // refusal lines, a few per window
 
 	// skipFrameCheck disables the framing reader (tests only: shows the
 	// recover alone contains mochi #501).
@@ -173,6 +187,9 @@ func New(o Options) (*Listener, error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	l.quiet = logging.NewLimiter(l.log, logging.LimitOptions{
+		Burst: 5, Window: 10 * time.Second, Message: "repeated connection refusals not logged", KeyAttr: "reason",
+	})
 	return l, nil
 }
 
@@ -217,7 +234,9 @@ func (l *Listener) Init(log *slog.Logger) error {
 	}
 	ln := l.o.Listener
 	if ln == nil {
-		var lc net.ListenConfig
+		// Accepted connections get the keepalive settings from the
+		// listener, with the accept: no extra system calls per connection.
+		lc := net.ListenConfig{KeepAliveConfig: keepAlive()}
 		var err error
 		ln, err = lc.Listen(context.Background(), l.o.Network, l.o.Address)
 		if err != nil {
@@ -365,6 +384,25 @@ func (l *Listener) Stats() (connections, ipEntries int) {
 	return total, entries
 }
 
+// refused counts and logs (a few lines per window) a connection a limit
+// refused.
+func (l *Listener) refused(remote, reason string) {
+	if l.o.OnRefused != nil {
+		l.o.OnRefused(limitSetting(reason))
+	}
+	if l.quiet.Allow(reason) {
+		l.log.Warn("connection refused", "listener", l.o.ID, "remote", remote, "reason", reason)
+	}
+}
+
+// Sessions is the number of connections handed to mochi and not yet
+// ended (tracked for Close).
+func (l *Listener) Sessions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.live)
+}
+
 // guardListener is the accept side shared by all variants: it never returns
 // a transient error, refuses connections over the limits at once, and arms
 // the CONNECT deadline and TCP keepalive.
@@ -397,8 +435,8 @@ func (g *guardListener) Accept() (net.Conn, error) {
 			continue
 		}
 		backoff = 0
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: keepAlivePeriod, Interval: keepAlivePeriod / 2, Count: 4})
+		if tc, ok := c.(*net.TCPConn); ok && l.o.Listener != nil {
+			_ = tc.SetKeepAliveConfig(keepAlive()) // a listener Moat did not open
 		}
 		_ = c.SetDeadline(time.Now().Add(l.o.ConnectTimeout))
 
@@ -410,7 +448,7 @@ func (g *guardListener) Accept() (net.Conn, error) {
 			release, reason := l.limits.acquire(peer)
 			if reason != denyNone {
 				_ = c.Close()
-				l.log.Debug("connection refused", "listener", l.o.ID, "remote", c.RemoteAddr().String(), "reason", reason)
+				l.refused(c.RemoteAddr().String(), reason)
 				continue
 			}
 			gc.release = release

@@ -184,7 +184,7 @@ func (l *Listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		client := l.clientIP(r, peer)
 		release, reason := l.limits.acquire(client)
 		if reason != denyNone {
-			l.log.Debug("connection refused", "listener", l.o.ID, "remote", client.String(), "reason", reason)
+			l.refused(client.String(), reason)
 			status := http.StatusServiceUnavailable
 			if reason == denyRate {
 				status = http.StatusTooManyRequests

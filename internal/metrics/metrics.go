@@ -36,6 +36,8 @@ type Metrics struct {
 	certRenewalError prometheus.Gauge
 	mounted          prometheus.Gauge
 	limitRefusals    *prometheus.CounterVec
+	refused          *prometheus.CounterVec
+	memoryLimit      prometheus.Gauge
 
 	// perListener maps a listener id to its pre-created children. Readers load
 	// the map without locking; a new listener id copies the map under mu.
@@ -132,15 +134,26 @@ func New(reg prometheus.Registerer, listeners ...string) (*Metrics, error) {
 			Namespace: namespace, Name: "limit_refusals_total",
 			Help: "CONNECTs, subscriptions and publishes refused by a resource limit, by the setting that refused them.",
 		}, []string{"limit"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "connections_refused_total",
+			Help: "Connections refused by a broker limit (not by authentication), by limit: memory_limit, max_connections, max_connections_per_ip, max_connection_rate_per_ip.",
+		}, []string{"limit"}),
+		memoryLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "memory_limit_bytes",
+			Help: "Live memory at which new connections are refused (90% of memory_limit or of the container's limit); 0 when there is none.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{
 		m.connections, m.messagesReceived, m.messagesSent, m.messagesDropped, m.bytesReceived, m.bytesSent,
 		m.retained, m.authFailures, m.aclDenied, m.bans, m.storeCommit, m.certExpiry,
-		m.certRenewalError, m.mounted, m.limitRefusals,
+		m.certRenewalError, m.mounted, m.limitRefusals, m.refused, m.memoryLimit,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
+	}
+	for _, limit := range RefusalLimits {
+		m.refused.WithLabelValues(limit) // the series exist at 0
 	}
 	empty := map[string]*listenerMetrics{}
 	m.perListener.Store(&empty)
@@ -204,6 +217,26 @@ func (m *Metrics) LimitHit(limit string) {
 		return
 	}
 	m.limitRefusals.WithLabelValues(limit).Inc()
+}
+
+// RefusalLimits are the limit labels of moat_connections_refused_total.
+var RefusalLimits = []string{"memory_limit", "max_connections", "max_connections_per_ip", "max_connection_rate_per_ip"}
+
+// ConnectionRefused counts a connection a limit refused. limit is a fixed
+// word (the setting's name), never client input.
+func (m *Metrics) ConnectionRefused(limit string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(limit).Inc()
+}
+
+// SetMemoryLimit records the live-memory threshold of admission (0: none).
+func (m *Metrics) SetMemoryLimit(bytes int64) {
+	if m == nil {
+		return
+	}
+	m.memoryLimit.Set(float64(bytes))
 }
 
 // Ban counts a temporary ban.

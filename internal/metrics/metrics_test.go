@@ -168,6 +168,9 @@ func TestPlainMethods(t *testing.T) {
 	m.CertRenewalError(true)
 	m.MountState(true)
 	m.MountState(false)
+	m.ConnectionRefused("memory_limit")
+	m.ConnectionRefused("memory_limit")
+	m.SetMemoryLimit(1 << 30)
 
 	tests := []struct {
 		name string
@@ -181,6 +184,9 @@ func TestPlainMethods(t *testing.T) {
 		{"cert expiry", m.certExpiry.WithLabelValues("mqtt.example.com"), float64(exp.Unix())},
 		{"renewal error", m.certRenewalError, 1},
 		{"mounted", m.mounted, 0},
+		{"refused memory", m.refused.WithLabelValues("memory_limit"), 2},
+		{"refused per ip", m.refused.WithLabelValues("max_connections_per_ip"), 0},
+		{"memory limit", m.memoryLimit, 1 << 30},
 	}
 	for _, tt := range tests {
 		if v := testutil.ToFloat64(tt.c); v != tt.want {
@@ -222,7 +228,7 @@ func TestNames(t *testing.T) {
 		names = append(names, mf.GetName())
 	}
 	// Only series with a value are gathered before any event.
-	want := "moat_bans_total moat_bytes_received_total moat_bytes_sent_total moat_certificate_renewal_error moat_connections moat_messages_dropped_total moat_messages_received_total moat_messages_sent_total moat_persistence_mounted moat_retained_messages moat_store_commit_seconds"
+	want := "moat_bans_total moat_bytes_received_total moat_bytes_sent_total moat_certificate_renewal_error moat_connections moat_connections_refused_total moat_memory_limit_bytes moat_messages_dropped_total moat_messages_received_total moat_messages_sent_total moat_persistence_mounted moat_retained_messages moat_store_commit_seconds"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("metric names:\n got %s\nwant %s", got, want)
 	}
@@ -251,6 +257,8 @@ func TestNilMetricsIsNoop(t *testing.T) {
 	m.CertRenewalError(true)
 	m.MountState(true)
 	m.SetRetained(1)
+	m.ConnectionRefused("memory_limit")
+	m.SetMemoryLimit(1)
 	h := NewHook(nil, nil)
 	cl := &mqtt.Client{Net: mqtt.ClientConnection{Listener: "x"}}
 	h.OnSessionEstablished(cl, packets.Packet{})
@@ -303,4 +311,22 @@ func BenchmarkPacketHooks(b *testing.B) {
 		_, _ = h.OnPacketRead(cl, pk)
 		h.OnPacketSent(cl, pk, nil)
 	}
+}
+
+func TestRecordsCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	n := 3
+	if err := RegisterRecords(reg, func() map[string]int { return map[string]int{"clients": n, "networks": 1} }); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want string) {
+		t.Helper()
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "moat_client_records"); err != nil {
+			t.Error(err)
+		}
+	}
+	head := "# HELP moat_client_records " + recordsHelp + "\n# TYPE moat_client_records gauge\n"
+	check(head + "moat_client_records{kind=\"clients\"} 3\nmoat_client_records{kind=\"networks\"} 1\n")
+	n = 0
+	check(head + "moat_client_records{kind=\"clients\"} 0\nmoat_client_records{kind=\"networks\"} 1\n")
 }

@@ -34,6 +34,7 @@ type broker struct {
 	tlsAddr   string
 	logPath   string
 	cmd       *exec.Cmd
+	env       []string // added to the environment
 	exited    chan struct{}
 	startedAt time.Time
 }
@@ -44,6 +45,7 @@ func (b *broker) start() error {
 		return err
 	}
 	cmd := exec.Command(b.bin, b.args...)
+	cmd.Env = append(os.Environ(), b.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C of the script reaches it through us.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -183,7 +185,10 @@ type setup struct {
 	cheap        user   // a 1-iteration entry: connection cost without hashing
 	storm        []user // full-cost entries sharing one hash string
 	iterations   int
+	memoryLimit  int64 // memory_limit of every broker (GOMEMLIMIT for mochi); 0 = none
 	moat, mosqui *broker
+	mochi        *broker
+	before       *broker // another Moat binary (an older build), optional
 }
 
 // writePasswd writes the password file with `moat passwd -b`.
@@ -296,8 +301,13 @@ func (s *setup) writeCerts() error {
 }
 
 // writeConfigs writes one configuration per broker: the same passwd,
-// aclfile and certificate, a plain and a TLS listener each.
-func (s *setup) writeConfigs(moatBin, mosqBin string) error {
+// aclfile and certificate, a plain and a TLS listener each; plain mochi
+// (this program with -serve-mochi) allows every client.
+func (s *setup) writeConfigs(moatBin, mosqBin, beforeBin string) error {
+	limit := ""
+	if s.memoryLimit > 0 {
+		limit = fmt.Sprintf("memory_limit %d\n", s.memoryLimit)
+	}
 	if err := os.WriteFile(s.aclPath, []byte("pattern readwrite %u/#\n"), 0o600); err != nil {
 		return err
 	}
@@ -333,12 +343,29 @@ keyfile %s
 	}
 	var err error
 	// The admin listener is off so nothing but the MQTT ports is opened.
-	if s.moat, err = mk("moat", moatBin, "admin_listener off\n"); err != nil {
+	if s.moat, err = mk("moat", moatBin, "admin_listener off\n"+limit); err != nil {
 		return err
+	}
+	if beforeBin != "" {
+		if s.before, err = mk("moat-before", beforeBin, "admin_listener off\n"+limit); err != nil {
+			return err
+		}
+		s.before.args = []string{"serve", "-c", filepath.Join(s.dir, "moat-before.conf")}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if s.mochi, err = mk("mochi", self, ""); err != nil {
+		return err
+	}
+	s.mochi.args = []string{"-serve-mochi", "-addr", s.mochi.addr, "-tls-addr", s.mochi.tlsAddr, "-cert", s.certPath, "-key", s.keyPath}
+	if s.memoryLimit > 0 {
+		s.mochi.env = []string{fmt.Sprintf("GOMEMLIMIT=%d", s.memoryLimit/10*9)} // as Moat sets it
 	}
 	// user root: mosquitto keeps root and can read the 0600 files.
 	// set_tcp_nodelay: Go sets TCP_NODELAY on every socket, mosquitto not by
 	// default, and Nagle against delayed ACKs stalls its TLS CONNACKs 40 ms.
-	s.mosqui, err = mk("mosquitto", mosqBin, "user root\nset_tcp_nodelay true\n")
+	s.mosqui, err = mk("mosquitto", mosqBin, "user root\nset_tcp_nodelay true\n"+limit)
 	return err
 }

@@ -20,6 +20,7 @@ import (
 
 type options struct {
 	moatBin, mosqBin, dir string
+	beforeBin             string
 	reps                  int
 	dur                   time.Duration
 	pairs, fanout, idle   int
@@ -29,6 +30,9 @@ type options struct {
 	latRate               float64
 	iterations            int
 	only                  string
+	churnRounds, churnN   int
+	subsN, subsFilters    int
+	memoryLimit           int64
 }
 
 // metric is one table row.
@@ -48,6 +52,12 @@ var rows = []metric{
 	{"lat.p99", "QoS1 publish->delivery p99", "ms", false},
 	{"rss.mib_per_1k", "RSS per 1k idle authenticated connections", "MiB", false},
 	{"rss.base_mib", "  RSS of the fresh broker", "MiB", false},
+	{"churn.first_mib_per_1k", "churn: RSS per 1k connections, round 1", "MiB", false},
+	{"churn.last_mib_per_1k", "churn: RSS per 1k connections, last round", "MiB", false},
+	{"churn.last_over_first", "churn: last round / round 1", "x", false},
+	{"churn.last_over_prev", "churn: last round / the round before", "x", false},
+	{"churn.closed_mib", "churn: RSS after the last close-all", "MiB", false},
+	{"subs.mib_per_1k", "RSS per 1k connections with 10 subscriptions each", "MiB", false},
 	{"conn.per_cpu", "TCP connect+CONNACK+DISCONNECT per broker CPU-s", "conn/cpu-s", true},
 	{"conn.per_s", "TCP connects per second", "conn/s", true},
 	{"conn.gcores", "  generator CPU during connects", "cores", false},
@@ -64,10 +74,18 @@ var rows = []metric{
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-serve-mochi" {
+		if err := serveMochi(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "benchcore:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	quick := flag.Bool("quick", false, "short run: 1 repetition, small counts")
 	flag.StringVar(&o.moatBin, "moat", "bin/moat", "moat binary")
 	flag.StringVar(&o.mosqBin, "mosquitto", "/usr/sbin/mosquitto", "mosquitto binary")
+	flag.StringVar(&o.beforeBin, "moat-before", "", "a second Moat binary (an older build) measured beside the others")
 	flag.StringVar(&o.dir, "dir", "", "work directory (default: a new temporary directory, removed at the end)")
 	flag.IntVar(&o.reps, "reps", 3, "repetitions per broker, interleaved")
 	flag.DurationVar(&o.dur, "dur", 3*time.Second, "length of each throughput and latency run")
@@ -79,12 +97,18 @@ func main() {
 	flag.DurationVar(&o.stormLimit, "storm-limit", 150*time.Second, "per-client deadline in the storm")
 	flag.Float64Var(&o.latRate, "lat-rate", 1000, "QoS 1 publishes per second for the latency run")
 	flag.IntVar(&o.iterations, "iterations", 210000, "PBKDF2 iterations of the full-cost password entries")
-	flag.StringVar(&o.only, "only", "", "comma-separated scenarios: fanin,lat,rss,conn,tls,fanout,storm")
+	flag.StringVar(&o.only, "only", "", "comma-separated scenarios: fanin,lat,rss,churn,subs,conn,tls,fanout,storm")
+	flag.IntVar(&o.churnRounds, "churn-rounds", 8, "rounds of connect-all / close-all")
+	flag.IntVar(&o.churnN, "churn", 3000, "connections per churn round")
+	flag.IntVar(&o.subsN, "subs", 3000, "connections for the subscriptions RSS")
+	flag.IntVar(&o.subsFilters, "subs-filters", 10, "subscriptions per connection")
+	flag.Int64Var(&o.memoryLimit, "memory-limit", 0, "memory_limit of every broker in bytes (GOMEMLIMIT at 90% for plain mochi); 0 = none")
 	flag.Parse()
 	if *quick { // quick defaults; flags given explicitly win
 		set := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]string{"reps": "1", "dur": "2s", "idle": "500", "storm": "100", "fanout": "20"} {
+		for name, v := range map[string]string{"reps": "1", "dur": "2s", "idle": "500", "storm": "100", "fanout": "20",
+			"churn": "1000", "churn-rounds": "4", "subs": "1000"} {
 			if !set[name] {
 				_ = flag.Set(name, v)
 			}
@@ -124,7 +148,7 @@ func run(ctx context.Context, o options) error {
 		dir: o.dir, passwdPath: filepath.Join(o.dir, "passwd"), aclPath: filepath.Join(o.dir, "aclfile"),
 		certPath: filepath.Join(o.dir, "cert.pem"), keyPath: filepath.Join(o.dir, "key.pem"),
 		lat: user{"lat", "lat-pw"}, fan: user{"fan", "fan-pw"}, cheap: user{"cheap", "cheap-pw"},
-		iterations: o.iterations,
+		iterations: o.iterations, memoryLimit: o.memoryLimit,
 	}
 	for i := range o.pairs {
 		s.fanin = append(s.fanin, user{fmt.Sprintf("fi%d", i), fmt.Sprintf("fi%d-pw", i)})
@@ -140,10 +164,19 @@ func run(ctx context.Context, o options) error {
 	if err := s.writeCerts(); err != nil {
 		return err
 	}
-	if err := s.writeConfigs(moatBin, o.mosqBin); err != nil {
+	beforeBin := ""
+	if o.beforeBin != "" {
+		if beforeBin, err = filepath.Abs(o.beforeBin); err != nil {
+			return err
+		}
+	}
+	if err := s.writeConfigs(moatBin, o.mosqBin, beforeBin); err != nil {
 		return err
 	}
-	brokers := []*broker{s.moat, s.mosqui}
+	brokers := []*broker{s.moat, s.mochi, s.mosqui}
+	if s.before != nil {
+		brokers = append(brokers, s.before)
+	}
 	for _, b := range brokers {
 		if err := b.start(); err != nil {
 			return err
@@ -158,8 +191,12 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}()
-	fmt.Printf("moat pid %d on %s (TLS %s); mosquitto pid %d on %s (TLS %s)\n",
-		s.moat.pid(), s.moat.addr, s.moat.tlsAddr, s.mosqui.pid(), s.mosqui.addr, s.mosqui.tlsAddr)
+	for _, b := range brokers {
+		fmt.Printf("%s pid %d on %s (TLS %s)\n", b.name, b.pid(), b.addr, b.tlsAddr)
+	}
+	if o.memoryLimit > 0 {
+		fmt.Printf("memory_limit %d bytes on every broker\n", o.memoryLimit)
+	}
 	fmt.Printf("reps %d, run length %s, fan-in pairs %d, fan-out %d, idle %d, storm %d\n\n",
 		o.reps, o.dur, o.pairs, o.fanout, o.idle, o.stormN)
 
@@ -180,10 +217,7 @@ func run(ctx context.Context, o options) error {
 	// goes first so neither always runs on the warmer machine.
 	interleave := func(prefix string, reps int, fn func(b *broker, rep int) (result, error)) error {
 		for rep := range reps {
-			order := brokers
-			if rep%2 == 1 {
-				order = []*broker{s.mosqui, s.moat}
-			}
+			order := append(slices.Clone(brokers[rep%len(brokers):]), brokers[:rep%len(brokers)]...)
 			for _, b := range order {
 				if err := ctx.Err(); err != nil {
 					return err
@@ -201,6 +235,20 @@ func run(ctx context.Context, o options) error {
 
 	if want("rss") {
 		if err := interleave("rss", o.reps, func(b *broker, _ int) (result, error) { return idleRSS(s, b, o.idle) }); err != nil {
+			return err
+		}
+	}
+	if want("churn") {
+		if err := interleave("churn", o.reps, func(b *broker, _ int) (result, error) {
+			return churn(s, b, o.churnRounds, o.churnN)
+		}); err != nil {
+			return err
+		}
+	}
+	if want("subs") {
+		if err := interleave("subs", o.reps, func(b *broker, _ int) (result, error) {
+			return subsRSS(s, b, o.subsN, o.subsFilters)
+		}); err != nil {
 			return err
 		}
 	}
@@ -299,13 +347,13 @@ func median(v []float64) float64 {
 func printTable(raw map[string]map[string][]float64) {
 	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.Debug)
-	fmt.Fprintln(w, "metric (median)\tunit\tmoat\tmosquitto\tmoat/mosquitto\tbetter\t")
+	fmt.Fprintln(w, "metric (median)\tunit\tmoat\tmochi\tmosquitto\tmoat/mosquitto\tmoat-before\tbetter\t")
 	for _, m := range rows {
 		vals, ok := raw[m.key]
 		if !ok {
 			continue
 		}
-		a, b := median(vals["moat"]), median(vals["mosquitto"])
+		a, c, b := median(vals["moat"]), median(vals["mochi"]), median(vals["mosquitto"])
 		ratio := "-"
 		if b != 0 && !math.IsNaN(a) && !math.IsNaN(b) {
 			ratio = fmt.Sprintf("%.2f", a/b)
@@ -314,16 +362,16 @@ func printTable(raw map[string]map[string][]float64) {
 		if m.higherBetter {
 			better = "higher"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t\n", m.label, m.unit, num(a), num(b), ratio, better)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", m.label, m.unit, num(a), num(c), num(b), ratio, num(median(vals["moat-before"])), better)
 	}
 	w.Flush()
-	fmt.Println("\nraw values per repetition (moat | mosquitto):")
+	fmt.Println("\nraw values per repetition (moat | mochi | mosquitto | moat-before):")
 	for _, m := range rows {
 		vals, ok := raw[m.key]
 		if !ok {
 			continue
 		}
-		fmt.Printf("  %-16s %s | %s\n", m.key, list(vals["moat"]), list(vals["mosquitto"]))
+		fmt.Printf("  %-22s %s | %s | %s | %s\n", m.key, list(vals["moat"]), list(vals["mochi"]), list(vals["mosquitto"]), list(vals["moat-before"]))
 	}
 }
 

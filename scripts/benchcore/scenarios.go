@@ -506,3 +506,87 @@ func firstLine(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\n")
 	return s
 }
+
+// churn: on a fresh broker, rounds of n connects then close-all; the RSS
+// with all n connected is taken each round (so growth from round to round
+// shows), and once more after the last close.
+func churn(s *setup, b *broker, rounds, n int) (result, error) {
+	if err := b.restart(); err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	base, err := b.rss()
+	if err != nil {
+		return nil, err
+	}
+	r := result{"base_mib": float64(base) / (1 << 20)}
+	perRound := make([]float64, 0, rounds)
+	for round := range rounds {
+		cs, err := connectAll(n, 16, func(i int) (*client, error) {
+			return dial(b.addr, nil, fmt.Sprintf("%s-%d", s.cheap.name, i), s.cheap.name, s.cheap.pass, 600, connectTimeout)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("round %d: %w", round+1, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		rss, err := b.rss()
+		closeAll(cs)
+		if err != nil {
+			return nil, err
+		}
+		v := float64(rss-base) / (1 << 20) * 1000 / float64(n)
+		perRound = append(perRound, v)
+		r[fmt.Sprintf("r%d", round+1)] = v
+		time.Sleep(500 * time.Millisecond) // the broker notices the closes
+	}
+	time.Sleep(time.Second)
+	closed, err := b.rss()
+	if err != nil {
+		return nil, err
+	}
+	first, last := perRound[0], perRound[len(perRound)-1]
+	r["first_mib_per_1k"] = first
+	r["last_mib_per_1k"] = last
+	r["last_over_first"] = last / first
+	if len(perRound) > 1 {
+		r["last_over_prev"] = last / perRound[len(perRound)-2]
+	}
+	r["closed_mib"] = float64(closed) / (1 << 20)
+	return r, nil
+}
+
+// subsRSS: n connections on a fresh broker, each with k subscriptions of
+// its own; RSS per 1000 connections.
+func subsRSS(s *setup, b *broker, n, k int) (result, error) {
+	if err := b.restart(); err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	before, err := b.rss()
+	if err != nil {
+		return nil, err
+	}
+	cs, err := connectAll(n, 16, func(i int) (*client, error) {
+		c, err := dial(b.addr, nil, fmt.Sprintf("%s-s%d", s.cheap.name, i), s.cheap.name, s.cheap.pass, 600, connectTimeout)
+		if err != nil {
+			return nil, err
+		}
+		for f := range k {
+			if err := c.subscribe(fmt.Sprintf("%s/dev%d/f%d/+", s.cheap.name, i, f), 1); err != nil {
+				c.close()
+				return nil, err
+			}
+		}
+		return c, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(time.Second)
+	after, err := b.rss()
+	closeAll(cs)
+	if err != nil {
+		return nil, err
+	}
+	return result{"mib_per_1k": float64(after-before) / (1 << 20) * 1000 / float64(n)}, nil
+}
