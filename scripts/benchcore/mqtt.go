@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"time"
@@ -96,10 +97,20 @@ func packet(first byte, body []byte) []byte {
 	return append(b, body...)
 }
 
+// localAddr spreads clients over 127.0.0.0/8 by their id, as devices have
+// addresses of their own: Moat caps concurrent password checks per
+// address, and a whole fleet behind one address would measure that cap.
+func localAddr(id string) *net.TCPAddr {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	v := h.Sum32()
+	return &net.TCPAddr{IP: net.IPv4(127, byte(v>>16)|1, byte(v>>8), byte(v)|1)}
+}
+
 // dial connects, sends CONNECT and waits for a successful CONNACK, all
 // within timeout.
 func dial(addr string, tc *tls.Config, id, user, pass string, keepalive uint16, timeout time.Duration) (*client, error) {
-	d := net.Dialer{Timeout: timeout}
+	d := net.Dialer{Timeout: timeout, LocalAddr: localAddr(id)}
 	var conn net.Conn
 	var err error
 	if tc != nil {
