@@ -37,7 +37,7 @@ func settle(tb *testBroker, goroutines int, records broker.Records) (int, broker
 // and nothing more.
 func TestChurnReturnsToBaseline(t *testing.T) {
 	const rounds, n = 5, 300
-	tb := startBroker(t, setup{acl: tableBACL, conf: "max_connections_per_ip 10000\nmax_connections 10000\nban_threshold 0\n"})
+	tb := startBroker(t, setup{acl: tableBACL, conf: "max_connections_per_ip 10000\nmax_connections 10000\nban_threshold 0\nmax_sessions_per_user 0\n"})
 	warm := connect(t, tb.addr, as(4, "alice", "warm"))
 	warm.mustSubscribe("alice/#")
 	warm.disconnect()

@@ -360,13 +360,19 @@ func TestMessageSizeLimit(t *testing.T) {
 			if got := c.publish("alice/big", big, tc.qos, false); got.code != tc.code || !slices.Equal(got.types, tc.types) {
 				t.Errorf("oversized publish: types %v code 0x%02x, want %v 0x%02x", got.types, got.code, tc.types, tc.code)
 			}
-			if got := c.publish("alice/small", big[:16], tc.qos, false).code; got >= 0x80 && got != noAck {
+			// At the limit, and telling the subtests apart.
+			small := fmt.Sprintf("%-16s", fmt.Sprintf("v%d-qos%d", tc.v, tc.qos))
+			if got := c.publish("alice/small", small, tc.qos, false).code; got >= 0x80 && got != noAck {
 				t.Errorf("publish at the limit: 0x%02x", got)
 			}
 		})
 	}
 	if !sub.WaitUntil(waitLong, func(s mqtttest.State) bool { return len(s.Messages) >= 6 }) {
-		t.Fatalf("got %v, want 6 messages at the limit", sub.topics())
+		var got []string
+		for _, m := range messages(sub) {
+			got = append(got, strings.TrimSpace(string(m.Payload)))
+		}
+		t.Fatalf("got %q, want 6 messages at the limit; broker log:\n%s", got, tb.logs.String())
 	}
 	sub.quietFor(waitQuiet)
 	for _, tp := range sub.topics() {
