@@ -75,8 +75,14 @@ func stamps(paths []string) []fileStamp {
 // the files are stable again. Any other error from apply is logged once per
 // change.
 func watchFiles(ctx context.Context, log *slog.Logger, paths []string, interval time.Duration, apply func(stable func() bool) error) {
+	watchFilesFrom(ctx, log, paths, stamps(paths), interval, apply)
+}
+
+// watchFilesFrom is watchFiles from applied, the files' state when what is
+// in force was read: taken by the caller before it starts the watch, so a
+// change made right after is never mistaken for the starting state.
+func watchFilesFrom(ctx context.Context, log *slog.Logger, paths []string, applied []fileStamp, interval time.Duration, apply func(stable func() bool) error) {
 	paths = slices.Clone(paths)
-	applied := stamps(paths)
 	seen := applied
 	seenAt := time.Now()
 	t := time.NewTicker(max(interval/4, time.Millisecond))
@@ -163,5 +169,6 @@ func (b *Broker) rewatch() {
 	ctx, cancel := context.WithCancel(b.ctx)
 	b.stopWatch = cancel
 	interval := b.watchEvery
-	b.run.goNamed("file watch", func() { watchFiles(ctx, b.log, files, interval, b.reload) })
+	from := stamps(files)
+	b.run.goNamed("file watch", func() { watchFilesFrom(ctx, b.log, files, from, interval, b.reload) })
 }
