@@ -84,38 +84,14 @@ func accepted(t *testing.T, c *client, topic string) bool {
 // 2.0.11 fails open there) and logs one error line naming file:line; a
 // fixed file applies at the next SIGHUP.
 func TestReloadSIGHUP(t *testing.T) {
-	bin := moatBinary(t)
 	dir := t.TempDir()
 	port := freePort(t)
 	_, pw, aclPath := writeSetup(t, dir, setup{acl: tableBACL})
 	conf := filepath.Join(dir, "moat.conf")
 	writeFile(t, conf, fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\nacl_file acl\n", port))
 
-	logs := &logBuffer{}
-	cmd := exec.Command(bin, "serve", "-c", conf)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(waitLong)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("moat did not listen on %s: %v\n%s", addr, err, logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	cmd, logs, exited := startServe(t, conf, addr)
 	hup := func() {
 		t.Helper()
 		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {

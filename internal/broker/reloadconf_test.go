@@ -172,7 +172,7 @@ func TestServeReloadsMoatConf(t *testing.T) {
 	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", port)
 	writeFile(t, conf, base)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd, logs := startServe(t, conf, addr)
+	cmd, logs, _ := startServe(t, conf, addr)
 	deadline := time.Now().Add(waitLong)
 	writeFile(t, conf, base+"max_packet_size 4096\n")
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -209,7 +209,7 @@ func TestServeReloadsLogSettings(t *testing.T) {
 	base := fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous true\n", port)
 	writeFile(t, conf, base+"log_dest file "+logA+"\n")
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd, _ := startServe(t, conf, addr)
+	cmd, _, _ := startServe(t, conf, addr)
 	read := func(p string) string {
 		b, _ := os.ReadFile(p)
 		return string(b)
@@ -249,27 +249,28 @@ func TestServeReloadsLogSettings(t *testing.T) {
 }
 
 // startServe runs the real moat serve -c conf, killed when the test ends,
-// and waits until it accepts connections on addr.
-func startServe(t *testing.T, conf, addr string) (*exec.Cmd, *logBuffer) {
+// and waits until it accepts connections on addr. exited yields Wait's
+// result once (put it back for the clean-up when taking it).
+func startServe(t *testing.T, conf, addr string) (cmd *exec.Cmd, logs *logBuffer, exited chan error) {
 	t.Helper()
-	logs := &logBuffer{}
-	cmd := exec.Command(moatBinary(t), "serve", "-c", conf)
+	logs = &logBuffer{}
+	cmd = exec.Command(moatBinary(t), "serve", "-c", conf)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-done
+		<-exited
 	})
 	deadline := time.Now().Add(waitLong)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return cmd, logs
+			return cmd, logs, exited
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("moat did not listen on %s: %v\n%s", addr, err, logs)

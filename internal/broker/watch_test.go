@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,31 +185,8 @@ func TestWatchMoatPasswdBinary(t *testing.T) {
 	conf := filepath.Join(dir, "moat.conf")
 	writeFile(t, conf, fmt.Sprintf("listener %d 127.0.0.1\nadmin_listener off\nallow_anonymous false\npassword_file passwd\n", port))
 
-	logs := &logBuffer{}
-	cmd := exec.Command(bin, "serve", "-c", conf)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(waitLong)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("moat did not listen on %s: %v\n%s", addr, err, logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	_, logs, _ := startServe(t, conf, addr)
 	tb := &testBroker{t: t, dir: dir, addr: addr, logs: logs}
 	alice := connect(t, addr, as(5, "alice", "alice-live"))
 	bob := connect(t, addr, as(5, "bob", "bob-live"))
