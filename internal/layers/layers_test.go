@@ -22,6 +22,7 @@ var allowed = map[string][]string{
 	"internal/acl":     nil,
 	"internal/admin":   nil,
 	"internal/certs":   nil,
+	"internal/cluster": nil,
 	"internal/config":  nil,
 	"internal/cryptfs": nil,
 	"internal/listen":  nil,
@@ -35,23 +36,24 @@ var allowed = map[string][]string{
 	// its refusal lines with the logging package.
 	"internal/auth": {"internal/acl", "internal/logging", "internal/passwd"},
 	// The assembler knows every part.
-	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
+	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/cluster", "internal/config",
 		"internal/cryptfs", "internal/listen", "internal/logging", "internal/metrics", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
 		"internal/cryptfs", "internal/logging", "internal/mosqdb", "internal/passwd", "internal/store"},
 	// Test support and benchmarks.
-	"internal/mqtttest":       nil,
-	"internal/testenv":        nil,
-	"internal/certs/acmetest": nil,
-	"internal/e2e":            nil,
-	"deploy":                  nil,
-	"scripts/benchcore":       {"internal/mqtttest"},
-	"scripts/benchpersist":    {"internal/mqtttest"},
+	"internal/mqtttest":         nil,
+	"internal/testenv":          nil,
+	"internal/certs/acmetest":   nil,
+	"internal/cluster/natstest": nil,
+	"internal/e2e":              nil,
+	"deploy":                    nil,
+	"scripts/benchcore":         {"internal/mqtttest"},
+	"scripts/benchpersist":      {"internal/mqtttest"},
 }
 
 // testSupport may be imported by _test.go files and benchmarks only.
-var testSupport = []string{"internal/mqtttest", "internal/testenv", "internal/certs/acmetest"}
+var testSupport = []string{"internal/mqtttest", "internal/testenv", "internal/certs/acmetest", "internal/cluster/natstest"}
 
 func TestLayering(t *testing.T) {
 	root, err := filepath.Abs("../..")
