@@ -47,8 +47,8 @@ func Start(t testing.TB, n int) *Cluster {
 			StoreDir:   t.TempDir(),
 			// A test cluster is small: keep JetStream from reserving the
 			// machine's memory and disk.
-			JetStreamMaxMemory: 64 << 20,
-			JetStreamMaxStore:  256 << 20,
+			JetStreamMaxMemory: 256 << 20,
+			JetStreamMaxStore:  4 << 30,
 		}
 		if n > 1 {
 			o.Cluster = server.ClusterOpts{Name: c.Name, Host: "127.0.0.1", Port: server.RANDOM_PORT}
@@ -66,12 +66,16 @@ func Start(t testing.TB, n int) *Cluster {
 			// Later nodes route to every earlier one; the cluster gossips
 			// the rest.
 			routes = append(routes, "nats://"+s.ClusterAddr().String())
-			// Keep the ports for a restart.
-			o.Port = s.Addr().(*net.TCPAddr).Port
-			o.Cluster.Port = s.ClusterAddr().Port
+		}
+		// A copy with the bound ports, for a restart (the running server
+		// reads its own options).
+		ro := o.Clone()
+		ro.Port = s.Addr().(*net.TCPAddr).Port
+		if n > 1 {
+			ro.Cluster.Port = s.ClusterAddr().Port
 		}
 		c.Nodes = append(c.Nodes, s)
-		c.opts = append(c.opts, o)
+		c.opts = append(c.opts, ro)
 	}
 	c.waitFormed()
 	return c
@@ -144,11 +148,13 @@ func (c *Cluster) Restart(i int) {
 	o := c.opts[i].Clone()
 	var routes []string
 	for j, s := range c.opts {
-		if j != i {
+		if j != i && len(c.opts) > 1 {
 			routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", s.Cluster.Port))
 		}
 	}
-	o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+	if len(routes) > 0 {
+		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+	}
 	s, err := server.NewServer(o)
 	if err != nil {
 		c.t.Fatalf("restart nats-server %s: %v", o.ServerName, err)
