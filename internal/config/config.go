@@ -46,6 +46,7 @@ type Config struct {
 	ACME        ACME
 	Admin       Admin
 	Abuse       Abuse
+	Cluster     Cluster
 
 	// StrictSubscribe refuses subscription filters not covered by a read
 	// rule (Moat's default); false restores mosquitto's grant-and-filter.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -93,6 +94,7 @@ func newParser(env func(string) string) *parser {
 		Abuse:       Abuse{BanThreshold: 5, BanBase: 2e9, BanMax: 15 * 60e9, BanIPv4Prefix: 32, BanIPv6Prefix: 64},
 	}
 	p := &parser{cfg: c, handlers: directives(), env: env}
+	maps.Copy(p.handlers, clusterDirectives())
 	if p.env == nil {
 		p.env = func(string) string { return "" }
 	}
