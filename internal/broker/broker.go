@@ -48,6 +48,7 @@ type Broker struct {
 	admin   *admin.Server
 	persist *persistence
 	expiry  *retainedExpiry
+	cluster *clusterNode // nil unless cluster_nats is set
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -147,6 +148,10 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
 		return nil, fmt.Errorf("expiry hook: %w", err)
 	}
+	if err := b.newCluster(); err != nil {
+		b.cancel()
+		return nil, err
+	}
 	if err := b.provisionCerts(); err != nil {
 		b.cancel()
 		return nil, err
@@ -202,6 +207,10 @@ func (b *Broker) Start() error {
 		return err
 	}
 	b.expiry.loadRestored()
+	if err := b.startCluster(); err != nil {
+		b.Close(context.Background())
+		return err
+	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -357,6 +366,9 @@ func (b *Broker) startAdmin() error {
 	if b.persist != nil {
 		b.admin.Register("store", b.persist.check)
 	}
+	if b.cluster != nil {
+		b.admin.Register("cluster", b.clusterCheck)
+	}
 	if b.UsesTLS() {
 		b.admin.Register("certificate", admin.CertificateCheck(b.leafCertificate, time.Duration(b.cfg.Admin.CertMinDays)*24*time.Hour))
 	}
@@ -406,6 +418,7 @@ func (b *Broker) close(ctx context.Context) error {
 	if b.srv != nil {
 		_ = b.srv.Close()
 	}
+	b.closeCluster()
 	b.wg.Wait()
 	if b.persist != nil {
 		errs = append(errs, b.persist.close())

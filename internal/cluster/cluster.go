@@ -208,25 +208,34 @@ func (b *Backplane) setup(ctx context.Context) error {
 		return fmt.Errorf("cluster: jetstream: %w", err)
 	}
 	b.js = js
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        "MOAT_" + b.o.Name,
-		Description: "Moat QoS 1/2 publications",
-		Subjects:    []string{b.subj.Durable()},
-		Replicas:    b.o.Replicas,
-		Storage:     jetstream.FileStorage,
-		MaxAge:      b.o.MaxAge,
-		MaxBytes:    b.o.MaxBytes,
-		Discard:     jetstream.DiscardOld,
+	// A NATS cluster starting with Moat may not yet place replicas:
+	// retry until ctx ends.
+	err = retry(ctx, func() error {
+		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        "MOAT_" + b.o.Name,
+			Description: "Moat QoS 1/2 publications",
+			Subjects:    []string{b.subj.Durable()},
+			Replicas:    b.o.Replicas,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      b.o.MaxAge,
+			MaxBytes:    b.o.MaxBytes,
+			Discard:     jetstream.DiscardOld,
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: stream MOAT_%s: %w", b.o.Name, err)
 	}
-	b.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      "MOAT_" + b.o.Name + "_retained",
-		Description: "Moat retained messages",
-		History:     1,
-		Replicas:    b.o.Replicas,
-		Storage:     jetstream.FileStorage,
+	err = retry(ctx, func() error {
+		var err error
+		b.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      "MOAT_" + b.o.Name + "_retained",
+			Description: "Moat retained messages",
+			History:     1,
+			Replicas:    b.o.Replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: retained bucket: %w", err)
@@ -271,6 +280,21 @@ func (b *Backplane) setup(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// retry calls f until it succeeds or ctx ends, waiting longer each time.
+func retry(ctx context.Context, f func() error) error {
+	for i := 0; ; i++ {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff(i)):
+		}
+	}
 }
 
 func (b *Backplane) applyRetained(e jetstream.KeyValueEntry) {

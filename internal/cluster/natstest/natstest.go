@@ -33,6 +33,12 @@ type Cluster struct {
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, Name: "moat-test"}
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
+	// Registered after the directories: cleanups run last-first, so the
+	// servers stop before their stores are removed.
 	t.Cleanup(c.Stop)
 	var routes []string
 	for i := range n {
@@ -44,7 +50,7 @@ func Start(t testing.TB, n int) *Cluster {
 			NoLog:      true,
 			NoSigs:     true,
 			JetStream:  true,
-			StoreDir:   t.TempDir(),
+			StoreDir:   dirs[i],
 			// A test cluster is small: keep JetStream from reserving the
 			// machine's memory and disk.
 			JetStreamMaxMemory: 256 << 20,
@@ -94,12 +100,7 @@ func (c *Cluster) waitFormed() {
 			}
 		}
 		if ok && len(c.Nodes) > 1 {
-			ok = false
-			for _, s := range c.Nodes {
-				if s.JetStreamIsLeader() {
-					ok = true
-				}
-			}
+			ok = c.metaCurrent()
 		}
 		if ok {
 			return
@@ -109,6 +110,35 @@ func (c *Cluster) waitFormed() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// metaCurrent reports whether the JetStream meta leader sees every other
+// running node as a current peer: only then can a stream be placed on
+// all of them.
+func (c *Cluster) metaCurrent() bool {
+	running := 0
+	for _, s := range c.Nodes {
+		if s.Running() {
+			running++
+		}
+	}
+	for _, s := range c.Nodes {
+		if !s.Running() || !s.JetStreamIsLeader() {
+			continue
+		}
+		info, err := s.Jsz(nil)
+		if err != nil || info.Meta == nil {
+			return false
+		}
+		current := 0
+		for _, p := range info.Meta.Replicas {
+			if p.Current && !p.Offline {
+				current++
+			}
+		}
+		return current >= running-1
+	}
+	return false
 }
 
 // URLs is the comma-separated list of the nodes' client URLs, in the form

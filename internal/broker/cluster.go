@@ -1,0 +1,316 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moat-mqtt/moat/internal/cluster"
+)
+
+// clusterListener names the injecting client's listener, so hooks can tell
+// a message from another node from a local one.
+const clusterListener = "cluster"
+
+// errClusterUnavailable answers an MQTT 5 QoS 1/2 publish the cluster
+// could not take: the client hears why instead of being acknowledged.
+var errClusterUnavailable = packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "cluster backplane unavailable"}
+
+// clusterNode wires the NATS backplane into mochi: its hook hands local
+// publications and subscriptions to the backplane, and messages from
+// other nodes go through mochi's own publish path (per-subscriber READ
+// ACL, QoS downgrade, retain-as-published, no-local by origin client id,
+// subscription identifiers) from an inline client.
+type clusterNode struct {
+	mqtt.HookBase
+	b   *Broker
+	log *slog.Logger
+	bp  atomic.Pointer[cluster.Backplane]
+
+	mu  sync.Mutex   // serialises injections: inj's id is the origin's
+	inj *mqtt.Client // inline, never registered in mochi's clients
+}
+
+func (b *Broker) newCluster() error {
+	if !b.cfg.Cluster.Enabled() {
+		return nil
+	}
+	c := &clusterNode{b: b, log: b.log.With("component", "cluster")}
+	c.inj = b.srv.NewClient(nil, clusterListener, "", true)
+	c.inj.Properties.ProtocolVersion = 5
+	if err := b.srv.AddHook(c, nil); err != nil {
+		return fmt.Errorf("cluster hook: %w", err)
+	}
+	b.cluster = c
+	stat := func(f func(cluster.Stats) float64) func() float64 {
+		return func() float64 {
+			if bp := c.bp.Load(); bp != nil {
+				return f(bp.Stats())
+			}
+			return 0
+		}
+	}
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_cluster_connected", Help: "1 while the NATS backplane is connected."},
+			stat(func(s cluster.Stats) float64 { return b2f(s.Connected) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_cluster_published_total", Help: "Publications sent to the other nodes."},
+			stat(func(s cluster.Stats) float64 { return float64(s.Published) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_cluster_received_total", Help: "Publications received from other nodes."},
+			stat(func(s cluster.Stats) float64 { return float64(s.Received) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_cluster_refused_total", Help: "Publications the backplane could not take."},
+			stat(func(s cluster.Stats) float64 { return float64(s.Refused) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "moat_cluster_receive_overflows_total", Help: "Times messages from other nodes were dropped because the receive buffer was full."},
+			stat(func(s cluster.Stats) float64 { return float64(s.Dropped) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "moat_cluster_subjects", Help: "NATS subjects this node subscribes to for its local subscriptions."},
+			stat(func(s cluster.Stats) float64 { return float64(s.Subjects) })),
+	}
+	for _, col := range cs {
+		if err := b.reg.Register(col); err != nil {
+			return fmt.Errorf("cluster metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func b2f(v bool) float64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// startCluster connects to NATS and mirrors the cluster's retained
+// messages before any listener opens, then declares the interest of the
+// sessions restored from the store.
+func (b *Broker) startCluster() error {
+	c := b.cluster
+	if c == nil {
+		return nil
+	}
+	k := b.cfg.Cluster
+	node := k.NodeName
+	if node == "" {
+		h, err := os.Hostname()
+		if err != nil || !validNodeName(h) {
+			return fmt.Errorf("cluster (%s): the host name cannot name this node; set cluster_node_name", k.Pos)
+		}
+		node = h
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	bp, err := cluster.Start(ctx, cluster.Options{
+		URLs: k.NATS, CredsFile: k.Credentials, CAFile: k.CAFile, CertFile: k.CertFile, KeyFile: k.KeyFile,
+		Name: k.Name, Node: node, Replicas: k.Replicas,
+		Deliver:  c.deliver,
+		Retained: c.retained,
+		Logger:   c.log,
+	})
+	if err != nil {
+		return fmt.Errorf("cluster (%s): %w", k.Pos, err)
+	}
+	c.bp.Store(bp)
+	for _, cl := range b.srv.Clients.GetAll() {
+		for filter := range cl.State.Subscriptions.GetAll() {
+			if err := bp.Subscribe(cl.ID, filter); err != nil {
+				c.log.Error("cluster: restored subscription not routed", "client", cl.ID, "error", err)
+			}
+		}
+	}
+	c.log.Info("joined the cluster", "cluster", k.Name, "node", node)
+	return nil
+}
+
+func validNodeName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == ""
+}
+
+func (b *Broker) closeCluster() {
+	if b.cluster == nil {
+		return
+	}
+	if bp := b.cluster.bp.Swap(nil); bp != nil {
+		bp.Close()
+	}
+}
+
+// clusterCheck is the /readyz check of the backplane.
+func (b *Broker) clusterCheck(ctx context.Context) error {
+	bp := b.cluster.bp.Load()
+	if bp == nil {
+		return cluster.ErrUnavailable
+	}
+	return bp.Check(ctx)
+}
+
+var _ mqtt.Hook = (*clusterNode)(nil)
+
+func (c *clusterNode) ID() string { return "moat-cluster" }
+
+func (c *clusterNode) Provides(b byte) bool {
+	return b == mqtt.OnPublish || b == mqtt.OnSubscribed || b == mqtt.OnUnsubscribed
+}
+
+func (c *clusterNode) fromCluster(cl *mqtt.Client) bool {
+	return cl.Net.Inline && cl.Net.Listener == clusterListener
+}
+
+// OnPublish runs after the auth hook accepted the publication (its write
+// ACL check and limits). QoS 1/2 returns once the cluster's stream holds
+// it, so mochi acknowledges only what the cluster has; when it cannot,
+// the publication is refused: MQTT 5 hears 0x83 "cluster backplane
+// unavailable", 3.1.1 (which has no refusal) is disconnected unacknowledged
+// and resends on reconnecting. QoS 0 is delivered locally either way.
+func (c *clusterNode) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if c.fromCluster(cl) {
+		return pk, nil
+	}
+	bp := c.bp.Load()
+	if bp == nil {
+		return pk, nil
+	}
+	m := &cluster.Message{
+		Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
+		Origin: cl.ID, Created: pk.Created,
+		Props: cluster.Props{
+			PayloadFormat: pk.Properties.PayloadFormat, PayloadFormatSet: pk.Properties.PayloadFormatFlag,
+			MessageExpiry: pk.Properties.MessageExpiryInterval, ContentType: pk.Properties.ContentType,
+			ResponseTopic: pk.Properties.ResponseTopic, CorrelationData: pk.Properties.CorrelationData,
+		},
+	}
+	for _, u := range pk.Properties.User {
+		m.Props.User = append(m.Props.User, cluster.UserProperty{Key: u.Key, Value: u.Val})
+	}
+	err := bp.Publish(c.b.ctx, m)
+	if err == nil {
+		return pk, nil
+	}
+	if pk.FixedHeader.Qos == 0 {
+		c.log.Warn("cluster: QoS 0 publication delivered on this node only", "client", cl.ID, "error", err)
+		return pk, nil
+	}
+	c.log.Warn("cluster: QoS 1/2 publication refused", "client", cl.ID, "error", err)
+	if cl.Properties.ProtocolVersion == 5 {
+		if pk.FixedHeader.Qos == 2 {
+			// mochi answers an OnPublish error with a PUBACK even at QoS 2.
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+				PacketID:    pk.PacketID,
+				ReasonCode:  errClusterUnavailable.Code,
+				Properties:  packets.Properties{ReasonString: errClusterUnavailable.Reason},
+			})
+			return pk, packets.ErrRejectPacket
+		}
+		return pk, errClusterUnavailable
+	}
+	cl.Stop(fmt.Errorf("publish refused: %w", err))
+	return pk, packets.ErrRejectPacket
+}
+
+// OnSubscribed routes the granted filters' subjects to this node.
+func (c *clusterNode) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	bp := c.bp.Load()
+	if bp == nil || cl.Net.Inline {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < 0x80 {
+			if err := bp.Subscribe(cl.ID, f.Filter); err != nil {
+				c.log.Error("cluster: subscription not routed", "client", cl.ID, "error", err)
+			}
+		}
+	}
+}
+
+// OnUnsubscribed drops the interest (also called when a session ends).
+func (c *clusterNode) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	bp := c.bp.Load()
+	if bp == nil || cl.Net.Inline {
+		return
+	}
+	for _, f := range pk.Filters {
+		bp.Unsubscribe(cl.ID, f.Filter)
+	}
+}
+
+// packet rebuilds the PUBLISH of a message from another node.
+func clusterPacket(m *cluster.Message) (packets.Packet, bool) {
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
+		TopicName:       m.Topic,
+		Payload:         m.Payload,
+		ProtocolVersion: 5,
+		Created:         m.Created,
+		Properties: packets.Properties{
+			PayloadFormat: m.Props.PayloadFormat, PayloadFormatFlag: m.Props.PayloadFormatSet,
+			ContentType: m.Props.ContentType, ResponseTopic: m.Props.ResponseTopic, CorrelationData: m.Props.CorrelationData,
+		},
+	}
+	if m.QoS > 0 {
+		pk.PacketID = 1 // mochi's validity check wants one; inline publishes are never acknowledged
+	}
+	for _, u := range m.Props.User {
+		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: u.Key, Val: u.Value})
+	}
+	if e := m.Props.MessageExpiry; e > 0 {
+		// What is left of the interval the publisher gave.
+		left := m.Created + int64(e) - time.Now().Unix()
+		if left <= 0 {
+			return pk, false
+		}
+		pk.Properties.MessageExpiryInterval = uint32(min(left, int64(e)))
+		pk.Expiry = m.Created + int64(e)
+	}
+	return pk, true
+}
+
+// deliver publishes a message from another node on this one.
+func (c *clusterNode) deliver(m *cluster.Message) {
+	pk, ok := clusterPacket(m)
+	if !ok {
+		return // expired on the way
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// mochi stamps the injecting client's id as the origin: the no-local
+	// check compares it with each subscriber's id.
+	c.inj.ID = m.Origin
+	if err := c.b.srv.InjectPacket(c.inj, pk); err != nil {
+		c.log.Warn("cluster: message from another node not delivered", "error", err)
+	}
+}
+
+// retained mirrors a change of the cluster's retained set into this
+// node's (the bucket is the authority; its order is the cluster's).
+func (c *clusterNode) retained(m *cluster.Message) {
+	srv := c.b.srv
+	if len(m.Payload) == 0 {
+		srv.Topics.Retained.Delete(m.Topic)
+	} else {
+		pk, ok := clusterPacket(m)
+		if !ok {
+			return
+		}
+		pk.FixedHeader.Retain = true
+		pk.Origin = m.Origin
+		if pk.Created == 0 {
+			pk.Created = time.Now().Unix()
+		}
+		srv.Topics.RetainMessage(pk)
+		if pk.Expiry > 0 {
+			c.b.expiry.track(pk.TopicName, pk.Expiry)
+		}
+	}
+	atomic.StoreInt64(&srv.Info.Retained, int64(srv.Topics.Retained.Len()))
+}

@@ -1,0 +1,384 @@
+package broker_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/moat-mqtt/moat/internal/broker"
+	"github.com/moat-mqtt/moat/internal/cluster/natstest"
+	"github.com/moat-mqtt/moat/internal/config"
+	"github.com/moat-mqtt/moat/internal/mqtttest"
+)
+
+// clusterConf joins a broker to the NATS cluster as node name.
+func clusterConf(nc *natstest.Cluster, name string) string {
+	return fmt.Sprintf("cluster_nats %s\ncluster_name t\ncluster_node_name %s\ncluster_replicas %d\n", nc.URLs(), name, len(nc.Nodes))
+}
+
+// startNodes starts one Moat per name on the NATS cluster, all with s.
+func startNodes(t *testing.T, nc *natstest.Cluster, s setup, names ...string) []*testBroker {
+	t.Helper()
+	var out []*testBroker
+	conf := s.conf
+	for _, n := range names {
+		s.conf = conf + clusterConf(nc, n)
+		out = append(out, startBroker(t, s))
+	}
+	return out
+}
+
+// waitRouted publishes QoS 0 probes on topic from pub until sub receives
+// one: the subscription's interest has then crossed the NATS cluster.
+func waitRouted(t *testing.T, pub, sub *client, topic string) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for !slices.Contains(sub.topics(), topic) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never reached the other node", topic)
+		}
+		pub.publish(topic, "probe", 0, false)
+		sub.WaitUntil(50*time.Millisecond, func(s mqtttest.State) bool {
+			return slices.ContainsFunc(s.Messages, func(m packets.Packet) bool { return m.TopicName == topic })
+		})
+	}
+}
+
+// countTopic counts the messages received on topic.
+func countTopic(c *client, topic string) int {
+	n := 0
+	for _, x := range c.topics() {
+		if x == topic {
+			n++
+		}
+	}
+	return n
+}
+
+// A publication on node A reaches subscribers on node B at the QoS of
+// their subscription, under 3.1.1 and 5, with its MQTT 5 properties; a
+// subscriber on A gets it once (A never receives its own publication back).
+func TestClusterCrossNodeDelivery(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
+	for _, v := range []byte{4, 5} {
+		for _, q := range []byte{0, 1} {
+			t.Run(fmt.Sprintf("v%d-qos%d", v, q), func(t *testing.T) {
+				pre := fmt.Sprintf("x%d%d/", v, q)
+				pub := connect(t, nodes[0].addr, as(v, "alice", "pub"+pre[:3]))
+				local := connect(t, nodes[0].addr, as(v, "alice", "local"+pre[:3]))
+				sub1 := connect(t, nodes[1].addr, as(v, "alice", "sub1"+pre[:3]))
+				sub0 := connect(t, nodes[1].addr, as(v, "alice", "sub0"+pre[:3]))
+				sub1.MustSubscribe(t, 1, pre+"#")
+				sub0.MustSubscribe(t, 0, pre+"+")
+				local.MustSubscribe(t, 1, pre+"#")
+				waitRouted(t, pub, sub1, pre+"probe")
+				waitRouted(t, pub, sub0, pre+"probe")
+				a := pub.publish(pre+"m", "payload", q, false)
+				if q == 1 && a.code != 0 {
+					t.Fatalf("PUBACK 0x%02x", a.code)
+				}
+				for _, c := range []struct {
+					c   *client
+					qos byte
+				}{{sub1, q}, {sub0, 0}, {local, q}} {
+					if !c.c.waitTopic(pre + "m") {
+						t.Fatalf("%s did not receive %sm", c.c.Client.Conn().LocalAddr(), pre)
+					}
+					m, _ := c.c.message(pre + "m")
+					if string(m.Payload) != "payload" || m.FixedHeader.Qos != c.qos {
+						t.Fatalf("received %q at QoS %d, want QoS %d", m.Payload, m.FixedHeader.Qos, c.qos)
+					}
+				}
+				pub.publish(pre+"end", "", 0, false)
+				if !local.waitTopic(pre+"end") || !sub1.waitTopic(pre+"end") {
+					t.Fatal("end marker missing")
+				}
+				if n := countTopic(local, pre+"m"); n != 1 {
+					t.Fatalf("the publisher's node delivered %d copies", n)
+				}
+				if n := countTopic(sub1, pre+"m"); n != 1 {
+					t.Fatalf("the other node delivered %d copies", n)
+				}
+			})
+		}
+	}
+	t.Run("v5-properties", func(t *testing.T) {
+		pub := connect(t, nodes[0].addr, as(5, "alice", "pub-props"))
+		sub := connect(t, nodes[1].addr, as(5, "alice", "sub-props"))
+		sub.MustSubscribe(t, 1, "p/#")
+		waitRouted(t, pub, sub, "p/probe")
+		pub.write(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "p/x", PacketID: 7, Payload: []byte("{}"),
+			Properties: packets.Properties{
+				ContentType: "application/json", ResponseTopic: "p/reply", CorrelationData: []byte{1, 2},
+				PayloadFormat: 1, PayloadFormatFlag: true, MessageExpiryInterval: 3600,
+				User: []packets.UserProperty{{Key: "k", Val: "v \"quoted\""}, {Key: "k", Val: "v2"}},
+			},
+		})
+		if !sub.waitTopic("p/x") {
+			t.Fatal("not delivered")
+		}
+		m, _ := sub.message("p/x")
+		p := m.Properties
+		// (mochi writes the response topic and correlation data only to
+		// clients that asked for response information.)
+		if p.ContentType != "application/json" ||
+			!p.PayloadFormatFlag || p.PayloadFormat != 1 || p.MessageExpiryInterval == 0 || p.MessageExpiryInterval > 3600 ||
+			len(p.User) != 2 || p.User[0].Val != "v \"quoted\"" || p.User[1].Val != "v2" {
+			t.Fatalf("properties = %+v", p)
+		}
+	})
+}
+
+// The receiving node applies its subscribers' own READ ACL: a %u/# user
+// subscribed to # on node A never receives another user's topic published
+// on node B, while that user does.
+func TestClusterACLOnReceivingNode(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	s := setup{acl: "user admin\ntopic readwrite #\n\npattern readwrite %u/#\n", conf: "strict_subscribe false\n"}
+	nodes := startNodes(t, nc, s, "a", "b")
+	alice := connect(t, nodes[0].addr, as(5, "alice", "alice"))
+	bob := connect(t, nodes[0].addr, as(4, "bob", "bob"))
+	alice.mustSubscribe("#")
+	bob.mustSubscribe("bob/#")
+	admin := connect(t, nodes[1].addr, as(5, "admin", "admin"))
+	waitRouted(t, admin, alice, "alice/probe")
+	waitRouted(t, admin, bob, "bob/probe")
+	for i := range 200 {
+		admin.publish("bob/secret", fmt.Sprint(i), byte(i%2), i%3 == 0)
+	}
+	admin.publish("alice/end", "", 1, false)
+	admin.publish("bob/end", "", 1, false)
+	if !alice.waitTopic("alice/end") || !bob.waitTopic("bob/end") {
+		t.Fatal("end markers missing")
+	}
+	if n := countTopic(alice, "bob/secret"); n != 0 {
+		t.Fatalf("alice received %d of bob's messages from the other node", n)
+	}
+	if n := countTopic(bob, "bob/secret"); n != 200 {
+		t.Fatalf("bob received %d of his 200 messages", n)
+	}
+	// A new # subscriber on A does not get bob's retained message either.
+	late := connect(t, nodes[0].addr, as(5, "alice", "alice2"))
+	late.mustSubscribe("#")
+	late.ping()
+	if got := late.quietFor(waitQuiet); slices.Contains(got, "bob/secret") {
+		t.Fatalf("alice received bob's retained message: %q", got)
+	}
+}
+
+// No-local is by originating client id across nodes.
+func TestClusterNoLocal(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
+	me := connect(t, nodes[1].addr, as(5, "alice", "same-id"))
+	other := connect(t, nodes[1].addr, as(5, "alice", "other"))
+	me.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "nl/#", Qos: 1, NoLocal: true}}})
+	if _, ok := me.WaitPacket(packets.Suback, 1, waitLong); !ok {
+		t.Fatal("no SUBACK")
+	}
+	other.mustSubscribe("nl/#")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "same-id"))
+	prober := connect(t, nodes[0].addr, as(5, "alice", "prober"))
+	waitRouted(t, prober, me, "nl/probe")
+	pub.publish("nl/mine", "x", 1, false)
+	prober.publish("nl/end", "", 1, false)
+	if !me.waitTopic("nl/end") || !other.waitTopic("nl/mine") {
+		t.Fatal("markers missing")
+	}
+	if slices.Contains(me.topics(), "nl/mine") {
+		t.Fatal("a no-local subscriber received its own client id's publication from another node")
+	}
+}
+
+// Retained set, replace and clear on one node are seen by new subscribers
+// on another; a node started later has them before its listener opens.
+func TestClusterRetained(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	s := setup{acl: "user alice\ntopic readwrite #\n"}
+	nodes := startNodes(t, nc, s, "a", "b")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "pub"))
+	for _, st := range []struct{ topic, payload string }{
+		{"r/1", "v1"}, {"r/1", "v2"}, {"r/2", "gone"}, {"r/2", ""}, {"r/a.b c", "dots"},
+	} {
+		if a := pub.publish(st.topic, st.payload, 1, true); a.code != 0 {
+			t.Fatalf("retained publish: 0x%02x", a.code)
+		}
+	}
+	want := map[string]string{"r/1": "v2", "r/a.b c": "dots"}
+	check := func(addr, id string) {
+		t.Helper()
+		deadline := time.Now().Add(waitLong)
+		for {
+			c := connect(t, addr, as(5, "alice", id))
+			c.mustSubscribe("r/#")
+			c.ping()
+			c.quietFor(waitQuiet)
+			got := map[string]string{}
+			for _, topic := range c.topics() {
+				m, _ := c.message(topic)
+				got[topic] = string(m.Payload)
+			}
+			c.disconnect()
+			if fmt.Sprint(got) == fmt.Sprint(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: retained = %v, want %v", id, got, want)
+			}
+		}
+	}
+	check(nodes[1].addr, "b-sub")
+	// Started after: caught up before its listener opened, so the first
+	// subscriber already sees it (no retry needed).
+	s.conf = clusterConf(nc, "late")
+	late := startBroker(t, s)
+	c := connect(t, late.addr, as(5, "alice", "late-sub"))
+	c.mustSubscribe("r/#")
+	c.ping()
+	c.quietFor(waitQuiet)
+	if !slices.Equal(sorted(c.topics()), []string{"r/1", "r/a.b c"}) {
+		t.Fatalf("late node's retained topics = %q", c.topics())
+	}
+	if m, _ := c.message("r/1"); string(m.Payload) != "v2" {
+		t.Fatalf("late node r/1 = %q", m.Payload)
+	}
+}
+
+// With NATS gone the node keeps serving its local clients; QoS 1/2
+// publications are refused (MQTT 5: 0x83 "cluster backplane
+// unavailable"; 3.1.1: disconnected, unacknowledged); /readyz fails and
+// /metrics shows it; when NATS is back the node rejoins.
+func TestClusterNATSUnavailable(t *testing.T) {
+	nc := natstest.Start(t, 1)
+	s := setup{acl: "user alice\ntopic readwrite #\n", conf: "admin_listener 127.0.0.1:0\n" + clusterConf(nc, "a")}
+	tb := startBroker(t, s)
+	sub := connect(t, tb.addr, as(5, "alice", "sub"))
+	sub.mustSubscribe("u/#")
+	ready := func() (int, string) {
+		resp, err := http.Get("http://" + tb.b.AdminAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	metric := func() string {
+		resp, err := http.Get("http://" + tb.b.AdminAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "moat_cluster_connected ") {
+				return l
+			}
+		}
+		return ""
+	}
+	if code, body := ready(); code != 200 {
+		t.Fatalf("/readyz = %d %s", code, body)
+	}
+	if m := metric(); m != "moat_cluster_connected 1" {
+		t.Fatalf("metric = %q", m)
+	}
+	nc.Shutdown(0)
+	deadline := time.Now().Add(waitLong)
+	for {
+		code, body := ready()
+		if code == 503 && strings.Contains(body, "cluster") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with NATS down = %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m := metric(); m != "moat_cluster_connected 0" {
+		t.Fatalf("metric with NATS down = %q", m)
+	}
+	pub5 := connect(t, tb.addr, as(5, "alice", "pub5"))
+	for q := byte(1); q <= 2; q++ {
+		a := pub5.publish("u/q", "x", q, false)
+		if a.code != 0x83 {
+			t.Fatalf("MQTT 5 QoS %d publish with NATS down: 0x%02x, want 0x83", q, a.code)
+		}
+	}
+	pub4 := connect(t, tb.addr, as(4, "alice", "pub4"))
+	if err := pub4.SendPublish("u/q4", []byte("x"), 1, false, 9); err != nil {
+		t.Fatal(err)
+	}
+	if !pub4.waitClosed() {
+		t.Fatal("3.1.1 QoS 1 publish with NATS down: connection kept")
+	}
+	if _, ok := pub4.WaitPacket(packets.Puback, 9, 0); ok {
+		t.Fatal("3.1.1 QoS 1 publish acknowledged with NATS down")
+	}
+	// Local clients are still served at QoS 0.
+	pub5.publish("u/local", "x", 0, false)
+	if !sub.waitTopic("u/local") {
+		t.Fatal("local QoS 0 delivery stopped with NATS down")
+	}
+	if slices.Contains(sub.topics(), "u/q") {
+		t.Fatal("a refused publication was delivered")
+	}
+	nc.Restart(0)
+	deadline = time.Now().Add(waitLong)
+	for {
+		if code, _ := ready(); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready after NATS came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if a := pub5.publish("u/back", "x", 1, false); a.code != 0 {
+		t.Fatalf("publish after NATS came back: 0x%02x", a.code)
+	}
+}
+
+// A node that cannot reach NATS at start does not open its listeners: it
+// fails with the configuration line, and stops cleanly.
+func TestClusterStartWithoutNATS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	dir := t.TempDir()
+	conf, _, _ := writeSetup(t, dir, setup{conf: "cluster_nats nats://" + addr + "\ncluster_node_name a\n"})
+	cfg, err := config.Load(conf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Start() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "moat.conf:") || !strings.Contains(err.Error(), "cluster") {
+			t.Fatalf("Start = %v, want a cluster error naming the configuration line", err)
+		}
+	case <-time.After(2 * waitLong):
+		t.Fatal("Start did not return")
+	}
+	if a := b.Addr(listenerID); a != nil {
+		t.Fatalf("listener %s opened without the cluster", a)
+	}
+}
