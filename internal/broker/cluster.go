@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -35,6 +36,8 @@ type clusterNode struct {
 	b   *Broker
 	log *slog.Logger
 	bp  atomic.Pointer[cluster.Backplane]
+
+	node string
 
 	mu  sync.Mutex   // serialises injections: inj's id is the origin's
 	inj *mqtt.Client // inline, never registered in mochi's clients
@@ -112,11 +115,13 @@ func (b *Broker) startCluster() error {
 		Name: k.Name, Node: node, Replicas: k.Replicas,
 		Deliver:  c.deliver,
 		Retained: c.retained,
+		TakeOver: c.takeOver,
 		Logger:   c.log,
 	})
 	if err != nil {
 		return fmt.Errorf("cluster (%s): %w", k.Pos, err)
 	}
+	c.node = node
 	c.bp.Store(bp)
 	for _, cl := range b.srv.Clients.GetAll() {
 		for filter := range cl.State.Subscriptions.GetAll() {
@@ -159,7 +164,79 @@ var _ mqtt.Hook = (*clusterNode)(nil)
 func (c *clusterNode) ID() string { return "moat-cluster" }
 
 func (c *clusterNode) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnSubscribed || b == mqtt.OnUnsubscribed
+	switch b {
+	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+// OnConnect runs after the auth hook accepted the CONNECT. The rule of one
+// node holds across the cluster: a client id live on another node under
+// another username refuses the newcomer (3.1.1 code 2, MQTT 5 0x85). With
+// NATS unreachable the node decides alone.
+func (c *clusterNode) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	bp := c.bp.Load()
+	if bp == nil {
+		return nil
+	}
+	o, ok, err := bp.Owner(c.b.ctx, cl.ID)
+	if err != nil || !ok || o.Node == c.node || o.User == string(cl.Properties.Username) {
+		return nil
+	}
+	code := packets.Code{Code: packets.ErrClientIdentifierNotValid.Code, Reason: "client identifier in use"}
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.Code{Code: 2}
+	}
+	_ = c.b.srv.SendConnack(cl, code, false, nil)
+	c.log.Info("CONNECT refused: client id live on another node under another username", "client", cl.ID, "node", o.Node)
+	return errClientIDInUse
+}
+
+var errClientIDInUse = errors.New("client id in use on another node")
+
+// OnSessionEstablished claims the client id in the cluster: the node that
+// served it disconnects its connection.
+func (c *clusterNode) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	bp := c.bp.Load()
+	if bp == nil || cl.Net.Inline {
+		return
+	}
+	if err := bp.Claim(c.b.ctx, cl.ID, string(cl.Properties.Username)); err != nil {
+		c.log.Warn("cluster: client id not claimed", "client", cl.ID, "error", err)
+	}
+}
+
+// OnDisconnect gives the client id back, unless a newer connection (here
+// or on another node) holds it.
+func (c *clusterNode) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	bp := c.bp.Load()
+	if bp == nil || cl.Net.Inline || cl.IsTakenOver() {
+		return
+	}
+	if cur, ok := c.b.srv.Clients.Get(cl.ID); ok && cur != cl {
+		return
+	}
+	bp.Release(c.b.ctx, cl.ID)
+}
+
+// takeOver ends this node's connection and session for a client id that
+// connected on another node (MQTT 5: DISCONNECT 0x8E). The session does
+// not move with it: the new node starts from its own.
+func (c *clusterNode) takeOver(id, node string) {
+	cl, ok := c.b.srv.Clients.Get(id)
+	if !ok {
+		return
+	}
+	c.log.Info("client id taken over on another node", "client", id, "node", node)
+	if !cl.Closed() {
+		_ = c.b.srv.DisconnectClient(cl, packets.ErrSessionTakenOver)
+	}
+	c.b.srv.UnsubscribeClient(cl)
+	cl.ClearInflights()
+	if cur, ok := c.b.srv.Clients.Get(id); ok && cur == cl {
+		c.b.srv.Clients.Delete(id)
+	}
 }
 
 func (c *clusterNode) fromCluster(cl *mqtt.Client) bool {

@@ -175,28 +175,35 @@ func TestClusterACLOnReceivingNode(t *testing.T) {
 	}
 }
 
-// No-local is by originating client id across nodes.
+// No-local holds with the cluster on: the publisher's own no-local
+// subscription never gets the publication, neither locally nor back
+// through the cluster, while subscribers on other nodes do. (The same id
+// cannot be live on two nodes: see TestClusterClientIDTakeover.)
 func TestClusterNoLocal(t *testing.T) {
 	nc := natstest.Start(t, 3)
 	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
-	me := connect(t, nodes[1].addr, as(5, "alice", "same-id"))
-	other := connect(t, nodes[1].addr, as(5, "alice", "other"))
+	me := connect(t, nodes[0].addr, as(5, "alice", "me"))
 	me.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
 		Filters: packets.Subscriptions{{Filter: "nl/#", Qos: 1, NoLocal: true}}})
 	if _, ok := me.WaitPacket(packets.Suback, 1, waitLong); !ok {
 		t.Fatal("no SUBACK")
 	}
+	other := connect(t, nodes[1].addr, as(5, "alice", "other"))
 	other.mustSubscribe("nl/#")
-	pub := connect(t, nodes[0].addr, as(5, "alice", "same-id"))
-	prober := connect(t, nodes[0].addr, as(5, "alice", "prober"))
-	waitRouted(t, prober, me, "nl/probe")
-	pub.publish("nl/mine", "x", 1, false)
+	waitRouted(t, me, other, "nl/probe")
+	prober := connect(t, nodes[1].addr, as(5, "alice", "prober"))
+	waitRouted(t, prober, me, "nl/probe2")
+	for q := byte(0); q <= 2; q++ {
+		me.publish(fmt.Sprint("nl/mine", q), "x", q, false)
+	}
 	prober.publish("nl/end", "", 1, false)
-	if !me.waitTopic("nl/end") || !other.waitTopic("nl/mine") {
+	if !me.waitTopic("nl/end") || !other.waitTopic("nl/mine2") {
 		t.Fatal("markers missing")
 	}
-	if slices.Contains(me.topics(), "nl/mine") {
-		t.Fatal("a no-local subscriber received its own client id's publication from another node")
+	for _, topic := range me.topics() {
+		if strings.HasPrefix(topic, "nl/mine") {
+			t.Fatalf("a no-local subscriber received its own publication %s", topic)
+		}
 	}
 }
 
@@ -380,5 +387,53 @@ func TestClusterStartWithoutNATS(t *testing.T) {
 	}
 	if a := b.Addr(listenerID); a != nil {
 		t.Fatalf("listener %s opened without the cluster", a)
+	}
+}
+
+// A client id is unique across the cluster: connecting on node B takes it
+// over from node A (MQTT 5 DISCONNECT 0x8E there); another username is
+// refused while it is live anywhere, and gets it once it is released.
+func TestClusterClientIDTakeover(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	nodes := startNodes(t, nc, setup{acl: "pattern readwrite %u/#\n"}, "a", "b")
+	first := connect(t, nodes[0].addr, as(5, "alice", "dup"))
+	first.mustSubscribe("alice/#")
+	second := connect(t, nodes[1].addr, as(4, "alice", "dup"))
+	if !first.waitClosed() {
+		t.Fatal("the connection on node A stayed open after the id connected on node B")
+	}
+	if d, ok := first.WaitPacket(packets.Disconnect, 0, 0); !ok || d.ReasonCode != packets.ErrSessionTakenOver.Code {
+		t.Fatalf("node A's DISCONNECT = %+v (found %v), want 0x8E", d, ok)
+	}
+	// The session on A is gone: nothing of alice/# is routed to A any more.
+	other := connect(t, nodes[1].addr, as(5, "alice", "other"))
+	other.publish("alice/x", "x", 1, false)
+	second.ping()
+	for _, v := range []byte{4, 5} {
+		c, ack := dial(t, nodes[0].addr, as(v, "bob", fmt.Sprint("dup")))
+		want := byte(0x85)
+		if v == 4 {
+			want = 2
+		}
+		if ack.ReasonCode != want {
+			t.Fatalf("v%d bob with alice's live id on another node: CONNACK 0x%02x, want 0x%02x", v, ack.ReasonCode, want)
+		}
+		c.waitClosed()
+	}
+	if second.err() != nil {
+		t.Fatalf("alice's connection on B ended: %v", second.err())
+	}
+	second.disconnect()
+	deadline := time.Now().Add(waitLong)
+	for {
+		c, ack := dial(t, nodes[0].addr, as(5, "bob", "dup"))
+		if ack.ReasonCode == 0 {
+			break
+		}
+		c.waitClosed()
+		if time.Now().After(deadline) {
+			t.Fatalf("bob still refused after alice left: 0x%02x", ack.ReasonCode)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -53,6 +53,9 @@ type Options struct {
 	// Retained receives every change of the cluster's retained set
 	// (payload empty: cleared), on one goroutine, in the bucket's order.
 	Retained func(*Message)
+	// TakeOver is called when node claimed a client id; the connection
+	// with that id here must go.
+	TakeOver func(clientID, node string)
 	Logger   *slog.Logger
 }
 
@@ -81,11 +84,13 @@ type Backplane struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	kv   jetstream.KeyValue
+	ids  jetstream.KeyValue
 	in   chan *nats.Msg
 
 	mu       sync.Mutex
 	owners   map[string]map[string]struct{} // filter -> owners (client ids)
 	subjects map[string]*interest           // subject -> its subscription
+	claims   map[string]uint64              // client id -> revision of our claim
 
 	seq       atomic.Uint64
 	dropped   atomic.Uint64
@@ -142,7 +147,7 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 	b := &Backplane{
 		o: o, log: log, subj: NewSubjects(o.Name),
 		in:     make(chan *nats.Msg, o.ReceiveBuffer),
-		owners: map[string]map[string]struct{}{}, subjects: map[string]*interest{},
+		owners: map[string]map[string]struct{}{}, subjects: map[string]*interest{}, claims: map[string]uint64{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	opts := []nats.Option{
@@ -239,6 +244,9 @@ func (b *Backplane) setup(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: retained bucket: %w", err)
+	}
+	if err := b.setupClients(ctx); err != nil {
+		return err
 	}
 	w, err := b.kv.WatchAll(b.ctx, jetstream.IncludeHistory())
 	if err != nil {
