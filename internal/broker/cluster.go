@@ -38,6 +38,9 @@ type clusterNode struct {
 	bp  atomic.Pointer[cluster.Backplane]
 
 	node string
+	// claimed holds the connections whose client id this node claimed in
+	// the cluster; only those are taken over.
+	claimed sync.Map // *mqtt.Client -> struct{}
 
 	mu  sync.Mutex   // serialises injections: inj's id is the origin's
 	inj *mqtt.Client // inline, never registered in mochi's clients
@@ -204,12 +207,15 @@ func (c *clusterNode) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	if err := bp.Claim(c.b.ctx, cl.ID, string(cl.Properties.Username)); err != nil {
 		c.log.Warn("cluster: client id not claimed", "client", cl.ID, "error", err)
+		return
 	}
+	c.claimed.Store(cl, struct{}{})
 }
 
 // OnDisconnect gives the client id back, unless a newer connection (here
 // or on another node) holds it.
 func (c *clusterNode) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	c.claimed.Delete(cl)
 	bp := c.bp.Load()
 	if bp == nil || cl.Net.Inline || cl.IsTakenOver() {
 		return
@@ -226,6 +232,11 @@ func (c *clusterNode) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 func (c *clusterNode) takeOver(id, node string) {
 	cl, ok := c.b.srv.Clients.Get(id)
 	if !ok {
+		return
+	}
+	if _, mine := c.claimed.Load(cl); !mine && !cl.Closed() {
+		// Connected here after that claim and not yet claimed itself:
+		// it is the newer one; its own claim takes the id over there.
 		return
 	}
 	c.log.Info("client id taken over on another node", "client", id, "node", node)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -435,5 +436,87 @@ func TestClusterClientIDTakeover(t *testing.T) {
 			t.Fatalf("bob still refused after alice left: 0x%02x", ack.ReasonCode)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// One NATS node stops during a QoS 1 storm across Moat nodes: every
+// acknowledged message reaches the subscriber on the other node
+// (duplicates are allowed at QoS 1 and counted). Node B's backplane is
+// given only the stopped node's URL, so its connection is the one that
+// fails over.
+func TestClusterNATSNodeLossDuringQoS1Storm(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	s := setup{acl: "user alice\ntopic readwrite #\n"}
+	conf := "cluster_name t\ncluster_replicas 3\n"
+	s.conf = conf + "cluster_nats " + nc.URL(1) + "\ncluster_node_name a\n"
+	a := startBroker(t, s)
+	s.conf = conf + "cluster_nats " + nc.URL(0) + "\ncluster_node_name b\n"
+	b := startBroker(t, s)
+	sub := connect(t, b.addr, as(5, "alice", "sub"))
+	sub.mustSubscribe("storm/#")
+	pub := connect(t, a.addr, as(5, "alice", "pub"))
+	waitRouted(t, pub, sub, "storm/probe")
+
+	const total = 3000
+	var mu sync.Mutex
+	acked, refused := map[string]bool{}, 0
+	i := 0
+	stopped := make(chan struct{})
+	err := pub.PublishWindow(20, nil, func() (mqtttest.Msg, bool) {
+		i++
+		if i == total/3 {
+			go func() { nc.Shutdown(0); close(stopped) }()
+		}
+		return mqtttest.Msg{Topic: "storm/m", Payload: []byte(fmt.Sprint(i))}, i <= total
+	}, func(m mqtttest.Msg, code byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if code == 0 {
+			acked[string(m.Payload)] = true
+		} else {
+			refused++
+		}
+	})
+	if err != nil {
+		t.Fatalf("storm: %v", err)
+	}
+	<-stopped
+	// A marker after the storm, once B's backplane is back.
+	marker := connect(t, a.addr, as(5, "alice", "marker"))
+	waitRouted(t, marker, sub, "storm/end")
+	got := map[string]int{}
+	// The replay waits for the stream to elect a new leader.
+	deadline := time.Now().Add(6 * waitLong)
+	for {
+		got = map[string]int{}
+		sub.WaitUntil(time.Millisecond, func(st mqtttest.State) bool {
+			for _, m := range st.Messages {
+				if m.TopicName == "storm/m" {
+					got[string(m.Payload)]++
+				}
+			}
+			return true
+		})
+		lost := 0
+		mu.Lock()
+		for p := range acked {
+			if got[p] == 0 {
+				lost++
+			}
+		}
+		mu.Unlock()
+		if lost == 0 || time.Now().After(deadline) {
+			dups := 0
+			for _, n := range got {
+				dups += n - 1
+			}
+			t.Logf("NATS node stopped during %d QoS 1 publishes: %d acknowledged, %d refused (resendable), %d acknowledged lost, %d duplicates",
+				total, len(acked), refused, lost, dups)
+			if lost > 0 {
+				t.Fatalf("%d acknowledged messages lost", lost)
+			}
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

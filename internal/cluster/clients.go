@@ -67,6 +67,10 @@ func (b *Backplane) onTakeover(msg *nats.Msg) {
 
 // Owner returns the node and user holding clientID, if any.
 func (b *Backplane) Owner(ctx context.Context, clientID string) (Owner, bool, error) {
+	if !b.nc.IsConnected() {
+		// Never hold a CONNECT up while NATS is away.
+		return Owner{}, false, ErrUnavailable
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.PublishTimeout)
 	defer cancel()
 	e, err := b.ids.Get(ctx, Key(clientID))
@@ -86,6 +90,9 @@ func (b *Backplane) Owner(ctx context.Context, clientID string) (Owner, bool, er
 // Claim records that this node now serves clientID for user and tells the
 // other nodes, which disconnect their connection with that id.
 func (b *Backplane) Claim(ctx context.Context, clientID, user string) error {
+	if !b.nc.IsConnected() {
+		return ErrUnavailable
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.PublishTimeout)
 	defer cancel()
 	rev, err := b.ids.Put(ctx, Key(clientID), []byte(b.o.Node+"\x00"+user))
@@ -111,7 +118,7 @@ func (b *Backplane) Release(ctx context.Context, clientID string) {
 	rev, ok := b.claims[clientID]
 	delete(b.claims, clientID)
 	b.mu.Unlock()
-	if !ok {
+	if !ok || !b.nc.IsConnected() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.PublishTimeout)

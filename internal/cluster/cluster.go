@@ -93,6 +93,7 @@ type Backplane struct {
 	claims   map[string]uint64              // client id -> revision of our claim
 
 	seq       atomic.Uint64
+	downSince atomic.Int64 // Unix ns of the disconnect being recovered from
 	dropped   atomic.Uint64
 	received  atomic.Uint64
 	published atomic.Uint64
@@ -162,10 +163,12 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 		nats.ReconnectBufSize(8 << 20),
 		nats.Timeout(5 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			b.disconnected()
 			log.Warn("cluster backplane disconnected", "error", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("cluster backplane reconnected", "server", nc.ConnectedUrlRedacted())
+			b.reconnected()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrSlowConsumer) {
@@ -458,9 +461,9 @@ func (b *Backplane) Interest() []string {
 }
 
 // dedupWindow is how many recent publications a node remembers to deliver
-// one that reached it on several overlapping subscriptions only once. The
-// copies arrive next to each other, well within the window.
-const dedupWindow = 4096
+// one that reached it on several overlapping subscriptions, or again in a
+// replay, only once.
+const dedupWindow = 1 << 16
 
 func (b *Backplane) deliverLoop() {
 	defer b.wg.Done()

@@ -223,3 +223,23 @@ func validFilter(f string) bool {
 	}
 	return true
 }
+
+func FuzzSubjectMatches(f *testing.F) {
+	f.Add("a.*.>", "a.b.c")
+	f.Add("a.b", "a.b")
+	f.Add("*", "a.b")
+	f.Fuzz(func(t *testing.T, filter, subject string) {
+		if !server.IsValidSubject(filter) || !server.IsValidLiteralSubject(subject) {
+			return
+		}
+		// Only the filters Moat builds: a wildcard is a whole token.
+		for _, tok := range strings.Split(filter, ".") {
+			if tok != "*" && tok != ">" && strings.ContainsAny(tok, "*>") {
+				return
+			}
+		}
+		if got, want := subjectMatches(filter, subject), server.SubjectMatchesFilter(subject, filter); got != want {
+			t.Fatalf("subjectMatches(%q, %q) = %v, nats-server says %v", filter, subject, got, want)
+		}
+	})
+}
