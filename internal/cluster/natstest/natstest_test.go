@@ -28,8 +28,18 @@ func TestClusterReplicatedStream(t *testing.T) {
 		t.Fatalf("publish: %v", err)
 	}
 	c.Shutdown(2)
-	if _, err := js.Publish(ctx, "t.b", []byte("y")); err != nil {
-		t.Fatalf("publish with one node down: %v", err)
+	// A publication sent while the stream elects a new leader goes
+	// unanswered: retry it (the message id makes a retry harmless).
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.Publish(pctx, "t.b", []byte("y"), jetstream.WithMsgID("b"))
+		pcancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("publish with one node down: %v", err)
+		}
 	}
 	s, err := js.Stream(ctx, "T")
 	if err != nil {
