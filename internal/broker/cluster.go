@@ -133,7 +133,13 @@ func (b *Broker) startCluster() error {
 			}
 		}
 	}
-	c.log.Info("joined the cluster", "cluster", k.Name, "node", node)
+	// Before the listeners open: the restored sessions get what was
+	// published while this node was down.
+	n, err := bp.CatchUp()
+	if err != nil {
+		c.log.Warn("cluster: catch-up incomplete", "replayed", n, "error", err)
+	}
+	c.log.Info("joined the cluster", "cluster", k.Name, "node", node, "caught_up", n)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -518,5 +519,52 @@ func TestClusterNATSNodeLossDuringQoS1Storm(t *testing.T) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A node stopped while it holds persistent sessions catches up when it
+// starts again: its sessions receive every QoS 1 message acknowledged on
+// another node meanwhile.
+func TestClusterNodeRestartCatchUp(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	s := setup{acl: "user alice\ntopic readwrite #\n"}
+	nodes := startNodes(t, nc, s, "a")
+	s.conf = persistConf
+	b := startNodes(t, nc, s, "b")[0]
+	o := persistent(as(4, "alice", "keeper"))
+	keeper := connect(t, b.addr, o)
+	keeper.mustSubscribe("cu/#")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "pub"))
+	waitRouted(t, pub, keeper, "cu/probe")
+	keeper.disconnect()
+	b.waitOffline("keeper")
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := b.b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := range n {
+		if a := pub.publish("cu/m", fmt.Sprint(i), 1, false); a.code != 0 {
+			t.Fatalf("publish %d: 0x%02x", i, a.code)
+		}
+	}
+	b = startConf(t, b.dir, b.conf, listenerID)
+	keeper = resume(t, b.addr, o)
+	deadline := time.Now().Add(waitLong)
+	for countTopic(keeper, "cu/m") < n && time.Now().Before(deadline) {
+		keeper.WaitUntil(100*time.Millisecond, func(mqtttest.State) bool { return false })
+	}
+	got := map[string]bool{}
+	keeper.WaitUntil(time.Millisecond, func(st mqtttest.State) bool {
+		for _, m := range st.Messages {
+			if m.TopicName == "cu/m" {
+				got[string(m.Payload)] = true
+			}
+		}
+		return true
+	})
+	if len(got) != n {
+		t.Fatalf("the restarted node's session received %d of the %d messages acknowledged while it was down", len(got), n)
 	}
 }

@@ -85,7 +85,11 @@ type Backplane struct {
 	js   jetstream.JetStream
 	kv   jetstream.KeyValue
 	ids  jetstream.KeyValue
-	in   chan *nats.Msg
+	// nodes records when each node was last alive; lastAlive is this
+	// node's record as found at start.
+	nodes     jetstream.KeyValue
+	lastAlive time.Time
+	in        chan *nats.Msg
 
 	mu       sync.Mutex
 	owners   map[string]map[string]struct{} // filter -> owners (client ids)
@@ -250,6 +254,9 @@ func (b *Backplane) setup(ctx context.Context) error {
 	}
 	if err := b.setupClients(ctx); err != nil {
 		return err
+	}
+	if err := b.setupNodes(ctx); err != nil {
+		return fmt.Errorf("cluster: nodes bucket: %w", err)
 	}
 	w, err := b.kv.WatchAll(b.ctx, jetstream.IncludeHistory())
 	if err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -151,4 +152,72 @@ func subjectMatches(filter, subject string) bool {
 		}
 		filter, subject = frest, srest
 	}
+}
+
+// A node that was down also missed what was published meanwhile: it
+// records that it is alive in the cluster's nodes bucket every second,
+// and at start replays the stream from shortly before its last record
+// (CatchUp), for the sessions restored from its store.
+
+const aliveEvery = time.Second
+
+func (b *Backplane) setupNodes(ctx context.Context) error {
+	err := retry(ctx, func() error {
+		var err error
+		b.nodes, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      "MOAT_" + b.o.Name + "_nodes",
+			Description: "Moat nodes: when each was last alive",
+			History:     1,
+			Replicas:    b.o.Replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	key := Key(b.o.Node)
+	if e, err := b.nodes.Get(ctx, key); err == nil {
+		if ns, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
+			b.lastAlive = time.Unix(0, ns)
+		}
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
+	}
+	b.alive(ctx)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		t := time.NewTicker(aliveEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.ctx.Done():
+				return
+			case <-t.C:
+				b.alive(b.ctx)
+			}
+		}
+	}()
+	return nil
+}
+
+func (b *Backplane) alive(ctx context.Context) {
+	if !b.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.o.PublishTimeout)
+	defer cancel()
+	_, _ = b.nodes.Put(ctx, Key(b.o.Node), []byte(strconv.FormatInt(time.Now().UnixNano(), 10)))
+}
+
+// CatchUp replays what the stream holds from shortly before this node was
+// last alive, for its current interest; call it once the restored
+// sessions' subscriptions are declared. A node never seen before has
+// nothing to catch up.
+func (b *Backplane) CatchUp() (int, error) {
+	if b.lastAlive.IsZero() {
+		return 0, nil
+	}
+	return b.replay(b.lastAlive.Add(-replayMargin))
 }
