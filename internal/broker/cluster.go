@@ -174,7 +174,8 @@ func (c *clusterNode) ID() string { return "moat-cluster" }
 
 func (c *clusterNode) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnWillSent:
 		return true
 	}
 	return false
@@ -274,18 +275,7 @@ func (c *clusterNode) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if bp == nil {
 		return pk, nil
 	}
-	m := &cluster.Message{
-		Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
-		Origin: cl.ID, Created: pk.Created,
-		Props: cluster.Props{
-			PayloadFormat: pk.Properties.PayloadFormat, PayloadFormatSet: pk.Properties.PayloadFormatFlag,
-			MessageExpiry: pk.Properties.MessageExpiryInterval, ContentType: pk.Properties.ContentType,
-			ResponseTopic: pk.Properties.ResponseTopic, CorrelationData: pk.Properties.CorrelationData,
-		},
-	}
-	for _, u := range pk.Properties.User {
-		m.Props.User = append(m.Props.User, cluster.UserProperty{Key: u.Key, Value: u.Val})
-	}
+	m := messageOf(cl, pk)
 	err := bp.Publish(c.b.ctx, m)
 	if err == nil {
 		return pk, nil
@@ -310,6 +300,35 @@ func (c *clusterNode) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	cl.Stop(fmt.Errorf("publish refused: %w", err))
 	return pk, packets.ErrRejectPacket
+}
+
+// OnWillSent sends a Will to the other nodes too: mochi publishes Wills
+// without OnPublish (the auth hook checked the Will's topic at CONNECT and
+// again before it is sent).
+func (c *clusterNode) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	bp := c.bp.Load()
+	if bp == nil || c.fromCluster(cl) || pk.TopicName == "" {
+		return // "": a Will the auth hook emptied
+	}
+	if err := bp.Publish(c.b.ctx, messageOf(cl, pk)); err != nil {
+		c.log.Warn("cluster: Will delivered on this node only", "client", cl.ID, "error", err)
+	}
+}
+
+func messageOf(cl *mqtt.Client, pk packets.Packet) *cluster.Message {
+	m := &cluster.Message{
+		Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain,
+		Origin: cl.ID, Created: pk.Created,
+		Props: cluster.Props{
+			PayloadFormat: pk.Properties.PayloadFormat, PayloadFormatSet: pk.Properties.PayloadFormatFlag,
+			MessageExpiry: pk.Properties.MessageExpiryInterval, ContentType: pk.Properties.ContentType,
+			ResponseTopic: pk.Properties.ResponseTopic, CorrelationData: pk.Properties.CorrelationData,
+		},
+	}
+	for _, u := range pk.Properties.User {
+		m.Props.User = append(m.Props.User, cluster.UserProperty{Key: u.Key, Value: u.Val})
+	}
+	return m
 }
 
 // OnSubscribed routes the granted filters' subjects to this node.

@@ -568,3 +568,29 @@ func TestClusterNodeRestartCatchUp(t *testing.T) {
 		t.Fatalf("the restarted node's session received %d of the %d messages acknowledged while it was down", len(got), n)
 	}
 }
+
+// A Will published when its client's connection drops on node A reaches
+// subscribers on node B, retained ones included.
+func TestClusterWill(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
+	sub := connect(t, nodes[1].addr, as(5, "alice", "sub"))
+	sub.mustSubscribe("will/#")
+	prober := connect(t, nodes[0].addr, as(5, "alice", "prober"))
+	waitRouted(t, prober, sub, "will/probe")
+	for i, v := range []byte{4, 5} {
+		o := as(v, "alice", fmt.Sprint("dying", v))
+		o.will = &packets.Packet{TopicName: fmt.Sprint("will/", v), Payload: []byte("gone"),
+			FixedHeader: packets.FixedHeader{Qos: 1, Retain: i == 1}}
+		c := connect(t, nodes[0].addr, o)
+		c.drop()
+		if !sub.waitTopic(fmt.Sprint("will/", v)) {
+			t.Fatalf("v%d Will from node A not received on node B", v)
+		}
+	}
+	late := connect(t, nodes[1].addr, as(5, "alice", "late"))
+	late.mustSubscribe("will/5")
+	if !late.waitTopic("will/5") {
+		t.Fatal("retained Will not seen by a new subscriber on the other node")
+	}
+}
