@@ -22,17 +22,8 @@ type Owner struct{ Node, User string }
 func (b *Backplane) takeoverSubject() string { return b.subj.prefix + "takeover" }
 
 func (b *Backplane) setupClients(ctx context.Context) error {
-	err := retry(ctx, func() error {
-		var err error
-		b.ids, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      "MOAT_" + b.o.Name + "_clients",
-			Description: "Moat client ids in use, by node",
-			History:     1,
-			Replicas:    b.o.Replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		return err
-	})
+	var err error
+	b.ids, err = b.bucket(ctx, "clients", "Moat client ids in use, by node")
 	if err != nil {
 		return fmt.Errorf("cluster: clients bucket: %w", err)
 	}

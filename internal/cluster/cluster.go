@@ -238,18 +238,7 @@ func (b *Backplane) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cluster: stream MOAT_%s: %w", b.o.Name, err)
 	}
-	err = retry(ctx, func() error {
-		var err error
-		b.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      "MOAT_" + b.o.Name + "_retained",
-			Description: "Moat retained messages",
-			History:     1,
-			Replicas:    b.o.Replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		return err
-	})
-	if err != nil {
+	if b.kv, err = b.bucket(ctx, "retained", "Moat retained messages"); err != nil {
 		return fmt.Errorf("cluster: retained bucket: %w", err)
 	}
 	if err := b.setupClients(ctx); err != nil {
@@ -298,6 +287,23 @@ func (b *Backplane) setup(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// bucket creates (or updates) the cluster's key-value bucket MOAT_<name>_<suffix>.
+func (b *Backplane) bucket(ctx context.Context, suffix, description string) (jetstream.KeyValue, error) {
+	var kv jetstream.KeyValue
+	err := retry(ctx, func() error {
+		var err error
+		kv, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      "MOAT_" + b.o.Name + "_" + suffix,
+			Description: description,
+			History:     1,
+			Replicas:    b.o.Replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		return err
+	})
+	return kv, err
 }
 
 // retry calls f until it succeeds or ctx ends, waiting longer each time.

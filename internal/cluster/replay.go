@@ -162,17 +162,8 @@ func subjectMatches(filter, subject string) bool {
 const aliveEvery = time.Second
 
 func (b *Backplane) setupNodes(ctx context.Context) error {
-	err := retry(ctx, func() error {
-		var err error
-		b.nodes, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      "MOAT_" + b.o.Name + "_nodes",
-			Description: "Moat nodes: when each was last alive",
-			History:     1,
-			Replicas:    b.o.Replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		return err
-	})
+	var err error
+	b.nodes, err = b.bucket(ctx, "nodes", "Moat nodes: when each was last alive")
 	if err != nil {
 		return err
 	}
