@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mochi-mqtt/server/v2/packets"
-
 	"github.com/moat-mqtt/moat/internal/cluster/natstest"
 	"github.com/moat-mqtt/moat/internal/mqtttest"
 )
@@ -41,9 +39,9 @@ func TestBenchCluster(t *testing.T) {
 	}
 	for _, q := range []byte{0, 1} {
 		d, cpu := fanout(t, single.addr, single.addr, q, 10*n, fmt.Sprint("f1", q))
-		fmt.Printf("one node,  QoS %d fan-out x10: %d deliveries, %.0f deliveries per CPU-second\n", q, d, float64(d)/cpu)
+		fmt.Printf("one node,  QoS %d fan-out x10: %d of %d deliveries, %.0f deliveries per CPU-second\n", q, d, 10*n, float64(d)/cpu)
 		d, cpu = fanout(t, nodes[0].addr, nodes[1].addr, q, 10*n, fmt.Sprint("f2", q))
-		fmt.Printf("two nodes, QoS %d fan-out x10: %d deliveries, %.0f deliveries per CPU-second (whole process)\n", q, d, float64(d)/cpu)
+		fmt.Printf("two nodes, QoS %d fan-out x10: %d of %d deliveries, %.0f deliveries per CPU-second (whole process)\n", q, d, 10*n, float64(d)/cpu)
 	}
 	conns := 1000
 	if os.Getenv("QUICK") != "" {
@@ -129,12 +127,10 @@ func fanout(t *testing.T, pubAddr, subAddr string, q byte, m int, id string) (in
 		}
 	}()
 	total := 0
+	// One deadline for all: QoS 0 may be dropped under load, and what
+	// did not arrive is reported, not waited for.
+	deadline := time.Now().Add(3 * waitLong)
 	for _, c := range subs {
-		c.WaitUntil(4*waitLong, func(s mqtttest.State) bool {
-			return slices.IndexFunc(s.Messages, func(pk packets.Packet) bool { return pk.TopicName == id+"/m" }) >= 0 &&
-				len(s.Messages) >= msgs
-		})
-		deadline := time.Now().Add(4 * waitLong)
 		for countTopic(c, id+"/m") < msgs && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
