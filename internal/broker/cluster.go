@@ -26,6 +26,10 @@ const clusterListener = "cluster"
 // could not take: the client hears why instead of being acknowledged.
 var errClusterUnavailable = packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "cluster backplane unavailable"}
 
+// errClusterTopicTooLong answers a QoS 1/2 publish whose topic cannot
+// become a NATS subject.
+var errClusterTopicTooLong = packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: "topic too long for the cluster"}
+
 // clusterNode wires the NATS backplane into mochi: its hook hands local
 // publications and subscriptions to the backplane, and messages from
 // other nodes go through mochi's own publish path (per-subscriber READ
@@ -285,18 +289,22 @@ func (c *clusterNode) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return pk, nil
 	}
 	c.log.Warn("cluster: QoS 1/2 publication refused", "client", cl.ID, "error", err)
+	code := errClusterUnavailable
+	if errors.Is(err, cluster.ErrTopicTooLong) {
+		code = errClusterTopicTooLong
+	}
 	if cl.Properties.ProtocolVersion == 5 {
 		if pk.FixedHeader.Qos == 2 {
 			// mochi answers an OnPublish error with a PUBACK even at QoS 2.
 			_ = cl.WritePacket(packets.Packet{
 				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
 				PacketID:    pk.PacketID,
-				ReasonCode:  errClusterUnavailable.Code,
-				Properties:  packets.Properties{ReasonString: errClusterUnavailable.Reason},
+				ReasonCode:  code.Code,
+				Properties:  packets.Properties{ReasonString: code.Reason},
 			})
 			return pk, packets.ErrRejectPacket
 		}
-		return pk, errClusterUnavailable
+		return pk, code
 	}
 	cl.Stop(fmt.Errorf("publish refused: %w", err))
 	return pk, packets.ErrRejectPacket

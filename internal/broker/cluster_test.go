@@ -594,3 +594,28 @@ func TestClusterWill(t *testing.T) {
 		t.Fatal("retained Will not seen by a new subscriber on the other node")
 	}
 }
+
+// A topic too long to become a NATS subject stays on its node: QoS 0 is
+// delivered there, QoS 1/2 is refused (MQTT 5: 0x83 "topic too long for
+// the cluster") rather than acknowledged for subscribers it cannot reach;
+// other clients are still served.
+func TestClusterLongTopic(t *testing.T) {
+	nc := natstest.Start(t, 1)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a")
+	long := "l/" + strings.Repeat("é\"ip=", 2000)
+	sub := connect(t, nodes[0].addr, as(5, "alice", "sub"))
+	sub.mustSubscribe("l/#")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "pub"))
+	for q := byte(1); q <= 2; q++ {
+		if a := pub.publish(long, "x", q, false); a.code != 0x83 {
+			t.Fatalf("QoS %d publish of a %d-byte topic: 0x%02x, want 0x83", q, len(long), a.code)
+		}
+	}
+	pub.publish(long, "x", 0, false)
+	if !sub.waitTopic(long) {
+		t.Fatal("QoS 0 on a long topic not delivered on its node")
+	}
+	if a := pub.publish("l/short", "x", 1, false); a.code != 0 || !sub.waitTopic("l/short") {
+		t.Fatalf("a short topic after the long ones: 0x%02x", a.code)
+	}
+}
