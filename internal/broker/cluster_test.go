@@ -619,3 +619,43 @@ func TestClusterLongTopic(t *testing.T) {
 		t.Fatalf("a short topic after the long ones: 0x%02x", a.code)
 	}
 }
+
+// A retained message's MQTT 5 expiry holds on every node: another node
+// delivers it to a new subscriber before it expires and not after.
+func TestClusterRetainedExpiry(t *testing.T) {
+	nc := natstest.Start(t, 1)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "pub"))
+	pub.write(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, TopicName: "exp/x", PacketID: 3,
+		Payload: []byte("short-lived"), Properties: packets.Properties{MessageExpiryInterval: 2},
+	})
+	if _, ok := pub.WaitPacket(packets.Puback, 3, waitLong); !ok {
+		t.Fatal("no PUBACK")
+	}
+	seen := func(i int) bool {
+		c := connect(t, nodes[1].addr, as(5, "alice", fmt.Sprint("s", i)))
+		c.mustSubscribe("exp/#")
+		c.ping()
+		c.quietFor(50 * time.Millisecond)
+		defer c.disconnect()
+		m, ok := c.message("exp/x")
+		if ok && (m.Properties.MessageExpiryInterval == 0 || m.Properties.MessageExpiryInterval > 2) {
+			t.Fatalf("expiry interval on the other node = %d", m.Properties.MessageExpiryInterval)
+		}
+		return ok
+	}
+	deadline := time.Now().Add(waitLong)
+	i := 0
+	for !seen(i) {
+		if i++; time.Now().After(deadline) {
+			t.Fatal("retained message never reached the other node")
+		}
+	}
+	for seen(i) {
+		if i++; time.Now().After(deadline) {
+			t.Fatal("retained message still delivered by the other node after its expiry")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
