@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,7 +76,21 @@ func (b *Backplane) Owner(ctx context.Context, clientID string) (Owner, bool, er
 	if !ok {
 		return Owner{}, false, nil
 	}
+	if node != b.o.Node && !b.nodeAlive(ctx, node) {
+		// Its node stopped without giving it back.
+		return Owner{}, false, nil
+	}
 	return Owner{Node: node, User: user}, true, nil
+}
+
+// nodeAlive reports whether node showed a sign of life within StaleAfter.
+func (b *Backplane) nodeAlive(ctx context.Context, node string) bool {
+	e, err := b.nodes.Get(ctx, Key(node))
+	if err != nil {
+		return !errors.Is(err, jetstream.ErrKeyNotFound) // unsure: assume alive
+	}
+	ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
+	return err == nil && time.Since(time.Unix(0, ns)) < b.o.StaleAfter
 }
 
 // Claim records that this node now serves clientID for user and tells the

@@ -44,6 +44,9 @@ type Options struct {
 	MaxBytes int64
 	// PublishTimeout bounds the wait for a JetStream acknowledgement.
 	PublishTimeout time.Duration
+	// StaleAfter is how long after a node's last sign of life its claims
+	// on client ids stop counting (it was killed or cut off); default 15 s.
+	StaleAfter time.Duration
 	// ReceiveBuffer bounds the messages received and not yet delivered;
 	// beyond it NATS drops (a slow consumer) and the drop is counted.
 	ReceiveBuffer int
@@ -141,6 +144,9 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 	}
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = 5 * time.Second
+	}
+	if o.StaleAfter <= 0 {
+		o.StaleAfter = 15 * time.Second
 	}
 	if o.ReceiveBuffer <= 0 {
 		o.ReceiveBuffer = 65536

@@ -280,3 +280,78 @@ func TestUnavailable(t *testing.T) {
 	}
 	publish(t, a, &cluster.Message{Topic: "x", QoS: 1, Payload: []byte("p")})
 }
+
+// Client id claims: the owner is known across nodes, a newer claim wins,
+// a released id is free, and the claims of a node that stopped without
+// releasing them lapse.
+func TestClientIDClaims(t *testing.T) {
+	nc := natstest.Start(t, 1)
+	ctx := context.Background()
+	var mu sync.Mutex
+	taken := map[string]string{}
+	startWith := func(name string) *cluster.Backplane {
+		bp, err := cluster.Start(ctx, cluster.Options{
+			URLs: []string{nc.URL(0)}, Name: "test", Node: name, Replicas: 1, StaleAfter: 2 * time.Second,
+			TakeOver: func(id, node string) {
+				mu.Lock()
+				defer mu.Unlock()
+				taken[name+":"+id] = node
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bp
+	}
+	a, b := startWith("a"), startWith("b")
+	defer b.Close()
+	if err := a.Claim(ctx, "dev/1 \"x\"", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if o, ok, err := b.Owner(ctx, "dev/1 \"x\""); err != nil || !ok || o.Node != "a" || o.User != "alice" {
+		t.Fatalf("owner seen from b = %+v %v %v", o, ok, err)
+	}
+	if err := b.Claim(ctx, "dev/1 \"x\"", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitLong)
+	for {
+		mu.Lock()
+		node := taken["a:dev/1 \"x\""]
+		mu.Unlock()
+		if node == "b" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("node a was not told of b's claim")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// a's stale release does not remove b's newer claim.
+	a.Release(ctx, "dev/1 \"x\"")
+	if o, ok, _ := a.Owner(ctx, "dev/1 \"x\""); !ok || o.Node != "b" {
+		t.Fatalf("owner after a's release = %+v %v", o, ok)
+	}
+	b.Release(ctx, "dev/1 \"x\"")
+	if _, ok, _ := a.Owner(ctx, "dev/1 \"x\""); ok {
+		t.Fatal("id still owned after b released it")
+	}
+	// a claims and stops without releasing: the claim lapses.
+	if err := a.Claim(ctx, "dev/2", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if _, ok, _ := b.Owner(ctx, "dev/2"); !ok {
+		t.Fatal("a's claim not seen right after it stopped")
+	}
+	deadline = time.Now().Add(waitLong)
+	for {
+		if _, ok, _ := b.Owner(ctx, "dev/2"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the claim of a stopped node never lapsed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
