@@ -179,7 +179,7 @@ func (c *clusterNode) ID() string { return "moat-cluster" }
 func (c *clusterNode) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-		mqtt.OnWillSent:
+		mqtt.OnWillSent, mqtt.OnSelectSubscribers:
 		return true
 	}
 	return false
@@ -402,14 +402,53 @@ func (c *clusterNode) deliver(m *cluster.Message) {
 	if !ok {
 		return // expired on the way
 	}
+	if m.Shared != "" && len(c.b.srv.Topics.Subscribers(m.Topic).Shared[m.Shared]) == 0 {
+		// The member left: without one, mochi would not ask
+		// OnSelectSubscribers and would deliver to everyone else again.
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// mochi stamps the injecting client's id as the origin: the no-local
 	// check compares it with each subscriber's id.
 	c.inj.ID = m.Origin
+	// A PUBLISH never uses its CONNECT fields: they carry, to
+	// OnSelectSubscribers, that the message came from the cluster and for
+	// which shared subscription.
+	pk.Connect.ClientIdentifier = clusterMark + m.Shared
 	if err := c.b.srv.InjectPacket(c.inj, pk); err != nil {
 		c.log.Warn("cluster: message from another node not delivered", "error", err)
 	}
+}
+
+// clusterMark starts the CONNECT client id field of a PUBLISH injected
+// from the cluster (see deliver); it cannot be a real client id.
+const clusterMark = "\x00cluster\x00"
+
+// OnSelectSubscribers makes shared subscriptions cluster-wide: NATS queue
+// groups choose the node of one member for each message, so a message
+// reaches a node's shared members only when it arrives for their shared
+// subscription, and then reaches nothing else; local publications and
+// ordinary messages from other nodes leave shared members out.
+func (c *clusterNode) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	if c.bp.Load() == nil {
+		return subs
+	}
+	shared, fromCluster := strings.CutPrefix(pk.Connect.ClientIdentifier, clusterMark)
+	if !fromCluster || shared == "" {
+		subs.Shared = map[string]map[string]packets.Subscription{}
+		subs.SharedSelected = map[string]packets.Subscription{}
+		return subs
+	}
+	members := subs.Shared[shared]
+	subs.Shared = map[string]map[string]packets.Subscription{}
+	if len(members) > 0 {
+		subs.Shared[shared] = members
+	}
+	subs.SharedSelected = map[string]packets.Subscription{}
+	subs.Subscriptions = map[string]packets.Subscription{}
+	subs.InlineSubscriptions = map[int]mqtt.InlineSubscription{}
+	return subs
 }
 
 // retained mirrors a change of the cluster's retained set into this

@@ -659,3 +659,81 @@ func TestClusterRetainedExpiry(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A shared subscription with members on two nodes gets each message once
+// across the cluster, while an ordinary subscriber gets every message.
+func TestClusterSharedSubscription(t *testing.T) {
+	nc := natstest.Start(t, 3)
+	nodes := startNodes(t, nc, setup{acl: "user alice\ntopic readwrite #\n"}, "a", "b")
+	var members []*client
+	for i, nd := range []*testBroker{nodes[0], nodes[0], nodes[1], nodes[1]} {
+		c := connect(t, nd.addr, as(5, "alice", fmt.Sprint("member", i)))
+		c.mustSubscribe("$share/g/sh/#")
+		members = append(members, c)
+	}
+	other := connect(t, nodes[1].addr, as(5, "alice", "other-group"))
+	other.mustSubscribe("$share/h/sh/#")
+	plain := connect(t, nodes[1].addr, as(4, "alice", "plain"))
+	plain.mustSubscribe("sh/#")
+	pub := connect(t, nodes[0].addr, as(5, "alice", "pub"))
+	waitRouted(t, pub, plain, "sh/probe")
+	// Until every node's queue subscriptions are known everywhere.
+	deadline := time.Now().Add(waitLong)
+	for {
+		pub.publish("sh/probe2", "", 0, false)
+		n := 0
+		for _, c := range members {
+			n += countTopic(c, "sh/probe2")
+		}
+		if countTopic(other, "sh/probe2") > 0 && n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("shared subscriptions not routed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	const n = 200
+	for i := range n {
+		pub.publish("sh/m", fmt.Sprint(i), byte(i%2), false)
+	}
+	pub.publish("sh/end", "", 1, false)
+	if !plain.waitTopic("sh/end") {
+		t.Fatal("end marker missing")
+	}
+	count := func() (total, nodesUsed int, perGroup int) {
+		used := map[int]bool{}
+		for i, c := range members {
+			k := countTopic(c, "sh/m")
+			total += k
+			if k > 0 {
+				used[i/2] = true
+			}
+		}
+		return total, len(used), countTopic(other, "sh/m")
+	}
+	deadline = time.Now().Add(waitLong)
+	for {
+		total, used, h := count()
+		if total == n && h == n {
+			if used < 2 {
+				t.Logf("all %d messages went to one node's members", n)
+			}
+			break
+		}
+		if total > n || h > n || time.Now().After(deadline) {
+			t.Fatalf("group g received %d, group h %d, want %d each", total, h, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if k := countTopic(plain, "sh/m"); k != n {
+		t.Fatalf("the ordinary subscriber received %d, want %d", k, n)
+	}
+	if got := plain.quietFor(waitQuiet); slices.Contains(got, "sh/m") {
+		t.Fatal("extra copies reached the ordinary subscriber")
+	}
+	total, _, _ := count()
+	if total != n {
+		t.Fatalf("group g ended with %d deliveries, want %d", total, n)
+	}
+}

@@ -10,9 +10,12 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,6 +88,7 @@ type Backplane struct {
 	log  *slog.Logger
 	subj Subjects
 	nc   *nats.Conn
+	qc   *nats.Conn // shared subscriptions (queue groups), with echo
 	js   jetstream.JetStream
 	kv   jetstream.KeyValue
 	ids  jetstream.KeyValue
@@ -96,7 +100,8 @@ type Backplane struct {
 
 	mu       sync.Mutex
 	owners   map[string]map[string]struct{} // filter -> owners (client ids)
-	subjects map[string]*interest           // subject -> its subscription
+	subjects map[string]*interest           // subject (or sharedKey) -> its subscription
+	queues   map[string]string              // queue group -> its "$share/..." filter
 	claims   map[string]uint64              // client id -> revision of our claim
 
 	seq       atomic.Uint64
@@ -158,13 +163,10 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 	b := &Backplane{
 		o: o, log: log, subj: NewSubjects(o.Name),
 		in:     make(chan *nats.Msg, o.ReceiveBuffer),
-		owners: map[string]map[string]struct{}{}, subjects: map[string]*interest{}, claims: map[string]uint64{},
+		owners: map[string]map[string]struct{}{}, subjects: map[string]*interest{}, claims: map[string]uint64{}, queues: map[string]string{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
-	opts := []nats.Option{
-		nats.Name("moat " + o.Node),
-		// A node never gets its own publications back.
-		nats.NoEcho(),
+	common := []nats.Option{
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
@@ -172,6 +174,20 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 		// Bounded: what does not fit while NATS is away is refused.
 		nats.ReconnectBufSize(8 << 20),
 		nats.Timeout(5 * time.Second),
+	}
+	if o.CredsFile != "" {
+		common = append(common, nats.UserCredentials(o.CredsFile))
+	}
+	if o.CAFile != "" {
+		common = append(common, nats.RootCAs(o.CAFile))
+	}
+	if o.CertFile != "" {
+		common = append(common, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	opts := append(slices.Clone(common),
+		nats.Name("moat "+o.Node),
+		// A node never gets its own publications back.
+		nats.NoEcho(),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			b.disconnected()
 			log.Warn("cluster backplane disconnected", "error", err)
@@ -190,23 +206,24 @@ func Start(ctx context.Context, o Options) (*Backplane, error) {
 			}
 			log.Warn("cluster backplane error", "error", err)
 		}),
-	}
-	if o.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(o.CredsFile))
-	}
-	if o.CAFile != "" {
-		opts = append(opts, nats.RootCAs(o.CAFile))
-	}
-	if o.CertFile != "" {
-		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
-	}
+	)
 	nc, err := nats.Connect(strings.Join(o.URLs, ","), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: connect to NATS: %w", err)
 	}
 	b.nc = nc
+	// Shared subscriptions use queue groups on a second connection that
+	// does receive its own publications: the member chosen for a message
+	// may be on the publishing node.
+	qc, err := nats.Connect(strings.Join(o.URLs, ","), append(common, nats.Name("moat "+o.Node+" shared"))...)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("cluster: connect to NATS: %w", err)
+	}
+	b.qc = qc
 	if err := b.setup(ctx); err != nil {
 		nc.Close()
+		qc.Close()
 		return nil, err
 	}
 	b.wg.Add(1)
@@ -427,20 +444,46 @@ func (b *Backplane) Subscribe(owner, filter string) error {
 		return nil
 	}
 	var errs []error
+	queue := sharedQueue(filter)
+	if queue != "" {
+		b.queues[queue] = filter
+	}
 	for _, s := range b.subj.FilterSubjects(filter) {
-		it := b.subjects[s]
+		key := s
+		if queue != "" {
+			key = "q:" + queue + " " + s
+		}
+		it := b.subjects[key]
 		if it == nil {
-			sub, err := b.nc.ChanSubscribe(s, b.in)
+			var sub *nats.Subscription
+			var err error
+			if queue != "" {
+				sub, err = b.qc.ChanQueueSubscribe(s, queue, b.in)
+			} else {
+				sub, err = b.nc.ChanSubscribe(s, b.in)
+			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("cluster: subscribe %q: %w", quote(filter), err))
 				continue
 			}
 			it = &interest{sub: sub}
-			b.subjects[s] = it
+			b.subjects[key] = it
 		}
 		it.filters++
 	}
 	return errors.Join(errs...)
+}
+
+// sharedQueue names the NATS queue group of a shared subscription
+// ("$share/<group>/<filter>": one group per share name and filter, as in
+// MQTT), "" for other filters.
+func sharedQueue(filter string) string {
+	rest, ok := strings.CutPrefix(filter, "$share/")
+	if !ok || !strings.Contains(rest, "/") {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(filter))
+	return "moat_" + hex.EncodeToString(sum[:12])
 }
 
 // Unsubscribe removes what Subscribe recorded.
@@ -456,14 +499,22 @@ func (b *Backplane) Unsubscribe(owner, filter string) {
 		return
 	}
 	delete(b.owners, filter)
+	queue := sharedQueue(filter)
+	if queue != "" {
+		delete(b.queues, queue)
+	}
 	for _, s := range b.subj.FilterSubjects(filter) {
-		it := b.subjects[s]
+		key := s
+		if queue != "" {
+			key = "q:" + queue + " " + s
+		}
+		it := b.subjects[key]
 		if it == nil {
 			continue
 		}
 		if it.filters--; it.filters == 0 {
 			_ = it.sub.Unsubscribe()
-			delete(b.subjects, s)
+			delete(b.subjects, key)
 		}
 	}
 }
@@ -497,6 +548,17 @@ func (b *Backplane) deliverLoop() {
 			return
 		}
 		id := msg.Header.Get(jetstream.MsgIDHeader)
+		shared := ""
+		if msg.Sub != nil && msg.Sub.Queue != "" {
+			// Chosen for one member of a shared subscription.
+			b.mu.Lock()
+			shared = b.queues[msg.Sub.Queue]
+			b.mu.Unlock()
+			if shared == "" {
+				continue // unsubscribed meanwhile
+			}
+			id += " " + msg.Sub.Queue
+		}
 		if id != "" {
 			if _, dup := seen[id]; dup {
 				continue
@@ -516,9 +578,10 @@ func (b *Backplane) deliverLoop() {
 			b.log.Warn("cluster: malformed message; ignored", "topic", quote(topic), "error", err)
 			continue
 		}
-		if m.Node == b.o.Node {
+		if m.Node == b.o.Node && shared == "" {
 			continue // never our own, whatever the server does
 		}
+		m.Shared = shared
 		b.received.Add(1)
 		if b.o.Deliver != nil {
 			b.o.Deliver(m)
@@ -550,6 +613,7 @@ func (b *Backplane) Stats() Stats {
 func (b *Backplane) Close() {
 	b.cancel()
 	b.nc.Close()
+	b.qc.Close()
 	b.wg.Wait()
 }
 

@@ -57,12 +57,19 @@ func start(t *testing.T, nc *natstest.Cluster, name string) *node {
 	return n
 }
 
-func (n *node) topics() []string {
+// topics lists the topics received for ordinary subscriptions.
+func (n *node) topics() []string { return n.received("") }
+
+// received lists the topics received for the shared subscription shared
+// ("" : ordinary ones).
+func (n *node) received(shared string) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var out []string
 	for _, m := range n.got {
-		out = append(out, m.Topic)
+		if m.Shared == shared {
+			out = append(out, m.Topic)
+		}
 	}
 	return out
 }
@@ -128,6 +135,10 @@ func TestInterestRouting(t *testing.T) {
 	}
 	if own := a.topics(); len(own) != 0 {
 		t.Fatalf("a received its own publications: %q", own)
+	}
+	// The shared subscription gets its own copy, once, for its queue group.
+	if sh := b.received("$share/g/s/x"); !slices.Equal(sh, []string{"s/x"}) {
+		t.Fatalf("shared subscription received %q", sh)
 	}
 	b.mu.Lock()
 	m := b.got[0]

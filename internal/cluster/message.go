@@ -20,6 +20,10 @@ type Message struct {
 	// Created is the Unix time the first node accepted it.
 	Created int64
 	Props   Props
+	// Shared is set on a message received for one member of a shared
+	// subscription: the "$share/<group>/<filter>" it is for (NATS chose
+	// this node for it).
+	Shared string
 }
 
 // Props are the MQTT 5 properties a publication carries to subscribers.

@@ -130,7 +130,7 @@ func (b *Backplane) interested(subject string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for f := range b.subjects {
-		if subjectMatches(f, subject) {
+		if !strings.HasPrefix(f, "q:") && subjectMatches(f, subject) {
 			return true
 		}
 	}
