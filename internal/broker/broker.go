@@ -64,6 +64,7 @@ type Broker struct {
 	persist *persistence
 	expiry  *retainedExpiry
 	queues  *limits.Queues
+	cluster *clusterNode // nil unless cluster_nats is set
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -225,6 +226,10 @@ func New(o Options) (*Broker, error) {
 	if err := b.srv.AddHook(b.expiry, nil); err != nil {
 		return nil, fmt.Errorf("expiry hook: %w", err)
 	}
+	if err := b.newCluster(); err != nil {
+		b.cancel()
+		return nil, err
+	}
 	if err := b.provisionCerts(); err != nil {
 		b.cancel()
 		return nil, err
@@ -297,6 +302,10 @@ func (b *Broker) Start() error {
 	}
 	b.expiry.loadRestored()
 	b.queues.Recount(b.srv) // sessions restored from the store
+	if err := b.startCluster(); err != nil {
+		b.Close(context.Background())
+		return err
+	}
 	b.run.goNamed("retained expiry", func() { b.expiry.run(b.ctx) })
 	for _, l := range b.cfg.Listeners {
 		if l.TLS.ACME && !b.acmeReady() {
@@ -482,6 +491,9 @@ func (b *Broker) startAdmin() error {
 	if b.persist != nil {
 		b.admin.Register("store", b.persist.check)
 	}
+	if b.cluster != nil {
+		b.admin.Register("cluster", b.clusterCheck)
+	}
 	if b.UsesTLS() {
 		b.admin.Register("certificate", admin.CertificateCheck(b.leafCertificate, time.Duration(b.cfg.Admin.CertMinDays)*24*time.Hour))
 	}
@@ -595,6 +607,7 @@ func (b *Broker) close(ctx context.Context) error {
 	if b.srv != nil {
 		_ = b.srv.Close()
 	}
+	b.closeCluster()
 	if err := b.run.wait(ctx); err != nil {
 		errs = append(errs, err)
 		b.log.Error("stop did not finish in time", "error", err)

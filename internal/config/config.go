@@ -49,7 +49,8 @@ type Config struct {
 	Memory      Memory
 
 	// Quotas bound what one client or one user may make the broker hold.
-	Quotas Quotas
+	Quotas  Quotas
+	Cluster Cluster
 
 	// StrictSubscribe refuses subscription filters not covered by a read
 	// rule (Moat's default); false restores mosquitto's grant-and-filter.

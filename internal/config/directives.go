@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"strconv"
@@ -15,6 +16,12 @@ type handler func(p *parser, pos Pos, v string)
 // directives maps every accepted directive to its handler. A directive
 // missing here is unknown (an error), or listed in unsupported.
 func directives() map[string]handler {
+	m := baseDirectives()
+	maps.Copy(m, clusterDirectives())
+	return m
+}
+
+func baseDirectives() map[string]handler {
 	return map[string]handler{
 		// Listeners.
 		"listener":     (*parser).listener,

@@ -65,6 +65,11 @@ func reloadDecisions() map[string]Change {
 		"acme_profile": Restart, "acme_key_type": Restart, "acme_dns_resolvers": Restart,
 		"acme_dns_propagation_check": Restart, "acme_state_dir": Restart, "cloudflare_credentials": Restart,
 
+		// The NATS connection and the node's identity in the cluster.
+		"cluster_nats": Restart, "cluster_nats_credentials": Restart, "cluster_nats_cafile": Restart,
+		"cluster_nats_certfile": Restart, "cluster_nats_keyfile": Restart, "cluster_name": Restart,
+		"cluster_node_name": Restart, "cluster_replicas": Restart,
+
 		// Refused at parse time in any value Moat accepts; listed so that
 		// accepting one later forces a decision.
 		"mount_point": Restart, "http_dir": Restart, "websockets_headers_size": Restart,

@@ -38,6 +38,7 @@ func (p *parser) finish() (*Config, error) {
 	p.checkPersistence()
 	p.checkQuotas()
 	p.checkACME()
+	p.checkCluster()
 	p.warnings()
 	if len(p.errs) > 0 {
 		return nil, errors.Join(p.errs...)

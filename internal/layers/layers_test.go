@@ -24,6 +24,7 @@ var allowed = map[string][]string{
 	// The certificate manager gives the config package's file-permission
 	// advice.
 	"internal/certs":    {"internal/config"},
+	"internal/cluster":  nil,
 	"internal/config":   nil,
 	"internal/cryptfs":  nil,
 	"internal/listen":   {"internal/logging"}, // rate-limited refusal lines
@@ -44,7 +45,7 @@ var allowed = map[string][]string{
 	// its refusal lines with the logging package.
 	"internal/auth": {"internal/acl", "internal/logging", "internal/mochi", "internal/passwd"},
 	// The assembler knows every part.
-	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/config",
+	"internal/broker": {"internal/acl", "internal/admin", "internal/auth", "internal/certs", "internal/cluster", "internal/config",
 		"internal/cryptfs", "internal/limits", "internal/listen", "internal/logging", "internal/memlimit", "internal/metrics", "internal/mochi", "internal/passwd", "internal/store"},
 	// The command wires the broker and the offline tools.
 	"cmd/moat": {"internal/acl", "internal/admin", "internal/broker", "internal/certs", "internal/config",
@@ -55,6 +56,7 @@ var allowed = map[string][]string{
 	"internal/moattest/brokertest": {"internal/broker", "internal/config", "internal/logging", "internal/moattest"},
 	"internal/testenv":             nil,
 	"internal/certs/acmetest":      nil,
+	"internal/cluster/natstest":    nil,
 	// Programs the container tests run inside containers.
 	"internal/certs/acmetest/cmd/acmetest": {"internal/certs/acmetest"},
 	"internal/containertest":               {"internal/testenv"},
@@ -66,7 +68,7 @@ var allowed = map[string][]string{
 }
 
 // testSupport may be imported by _test.go files and benchmarks only.
-var testSupport = []string{"internal/mqtttest", "internal/moattest", "internal/moattest/brokertest", "internal/testenv", "internal/certs/acmetest", "internal/containertest"}
+var testSupport = []string{"internal/mqtttest", "internal/moattest", "internal/moattest/brokertest", "internal/testenv", "internal/certs/acmetest", "internal/containertest", "internal/cluster/natstest"}
 
 // isSupport reports whether pkg is test support or a program inside it.
 func isSupport(pkg string) bool {
