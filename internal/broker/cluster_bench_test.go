@@ -65,7 +65,6 @@ func heap() uint64 {
 	return m.HeapAlloc
 }
 
-
 // latency publishes n messages one at a time and measures each until the
 // subscriber has it.
 func latency(t *testing.T, pubAddr, subAddr string, q byte, n int, id string) (p50, p99 time.Duration) {
