@@ -32,14 +32,21 @@ func runCheckConfig(args []string, io stdio) int {
 		fmt.Fprintln(io.err, "usage: moat check-config -c FILE")
 		return 2
 	}
-	cfg, err := config.Load(*path, os.Getenv)
+	cfg, warns, err := config.LoadAll(*path, os.Getenv)
 	if err != nil {
+		// Warnings too: every line to change, not only the broken ones.
+		for _, w := range warns {
+			fmt.Fprintf(io.err, "moat: warning: %s\n", w)
+		}
 		printErr(io, err)
 		return 1
 	}
 	// The very checks serve makes before it opens anything.
 	sums, err := broker.Check(cfg, os.Getenv)
 	if err != nil {
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(io.err, "moat: warning: %s\n", w)
+		}
 		printErr(io, err)
 		return 1
 	}
@@ -95,7 +102,7 @@ func runCheckConfig(args []string, io stdio) int {
 	for _, d := range cfg.Divergences() {
 		fmt.Fprintf(w, "  - %s\n", d)
 	}
-	warns := append(cfg.Warnings, broker.PolicyWarnings(cfg, sums)...)
+	warns = append(cfg.Warnings, broker.PolicyWarnings(cfg, sums)...)
 	for _, wn := range warns {
 		fmt.Fprintf(w, "warning: %s\n", wn)
 	}

@@ -51,3 +51,26 @@ func TestPermissionAdviceFitsTheOwner(t *testing.T) {
 		t.Errorf("advice does not say what works in the image:\n%s", out)
 	}
 }
+
+// A file with errors still gets its warnings: check-config names every
+// line a migration has to change at once, not only the broken ones.
+func TestCheckConfigWarnsDespiteErrors(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	text := "listener 1883\nallow_anonymous true\npersistence true\npersistence_location " + dir + "/data\nautosave_interval 1\n"
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCLI(t, "check-config", "-c", conf)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, errOut)
+	}
+	for _, want := range []string{
+		"mosquitto.conf:5: autosave_interval is accepted and ignored",
+		"mosquitto.conf:3: encrypted persistence needs persistence_cipher_dir",
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("missing %q in:\n%s", want, errOut)
+		}
+	}
+}

@@ -39,6 +39,15 @@ func Load(path string, env func(string) string) (*Config, error) {
 	return p.finish()
 }
 
+// LoadAll is Load that also returns the warnings when the file has errors,
+// so that check-config can name every line to change at once.
+func LoadAll(path string, env func(string) string) (*Config, []string, error) {
+	p := newParser(env)
+	p.readFile(path, Pos{}, 0)
+	c, err := p.finish()
+	return c, p.cfg.Warnings, err
+}
+
 // Parse reads configuration text; name is used in errors and to resolve
 // relative paths.
 func Parse(name string, data []byte, env func(string) string) (*Config, error) {
