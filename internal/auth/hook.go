@@ -228,6 +228,7 @@ var (
 // step, so each refusal gets mosquitto's code (or a ban's) instead of
 // mochi's 0x86, and a banned client costs no password check.
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	h.awaitCleanEnd(cl.ID)
 	p := h.policy.Load()
 	sc := p.scope(cl.Net.Listener)
 	ip := remoteIP(cl)
@@ -715,6 +716,13 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if cl.IsTakenOver() {
 		return
 	}
+	if expire && h.claimedByNewer(cl) {
+		// A newer connection of the id is on its way: mochi must not remove
+		// this clean session by id after this call, which would take the
+		// newcomer's subscriptions and registration with it.
+		mochi.MarkTakenOver(cl)
+		return
+	}
 	if expire {
 		h.forget(cl)
 		return
@@ -723,6 +731,30 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 		h.mu.Lock()
 		h.discardLocked(cl, "user removed")
 		h.mu.Unlock()
+	}
+}
+
+// claimedByNewer reports whether another connection has claimed cl's id.
+func (h *Hook) claimedByNewer(cl *mqtt.Client) bool {
+	v, ok := h.ids.Load(cl.ID)
+	return ok && v.(*identity).owner != cl
+}
+
+// awaitCleanEnd waits, briefly, for a clean session of id whose
+// connection has ended to be removed by mochi: mochi removes it by id, so
+// a newcomer with the same id attached in between would be removed with
+// it. The removal follows the end of the connection at once; the wait is
+// bounded in case it never comes.
+func (h *Hook) awaitCleanEnd(id string) {
+	ex, ok := h.srv.Clients.Get(id)
+	if !ok || !ex.Closed() || ex.Net.Inline || mochi.Persistent(ex) || ex.IsTakenOver() {
+		return
+	}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		if cur, ok := h.srv.Clients.Get(id); !ok || cur != ex || ex.IsTakenOver() {
+			return
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

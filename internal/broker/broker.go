@@ -453,7 +453,7 @@ func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 		// and queued messages, as after any abnormal disconnect; only a
 		// clean one is removed.
 		cl.Stop(errSessionPanicked)
-		if persistentSession(cl) {
+		if mochi.Persistent(cl) {
 			b.log.Error("client session panicked; its persistent session is kept", "client", cl.ID, "remote", remote)
 			continue
 		}
@@ -465,15 +465,6 @@ func (b *Broker) cleanupPanicked(remote string, conn net.Conn) {
 }
 
 var errSessionPanicked = errors.New("session panicked")
-
-// persistentSession is mochi's rule for a session that outlives its
-// connection.
-func persistentSession(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval > 0
-	}
-	return !cl.Properties.Clean
-}
 
 func (b *Broker) startAdmin() error {
 	if b.cfg.Admin.Listener == "" {

@@ -38,4 +38,6 @@
 //	Clients.GetByListener read-locks twice: a client leaving   broker closeListenerClients via      listen TestCloseUsesOwnClientDisconnect;
 //	  during a listener's close deadlocks the stop               listen Options.CloseClients          broker TestCloseWhileClientsChurn
 //	no hook before a delivery is queued but the read check     auth OnACLCheck asks limits Queues   broker TestOfflineQueuesBounded
+//	an ended clean session is removed by id after a newcomer   auth awaitCleanEnd, MarkTakenOver    broker TestImmediateReconnectKeepsNewSession
+//	  with that id attached: its subscriptions and entry go
 package mochi

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -21,7 +22,11 @@ func Verify(srv *mqtt.Server) error {
 	if _, err := sweepTicker(srv); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := deliveryCounter(srv.NewClient(nil, "verify", "verify", false)); err != nil {
+	probe := srv.NewClient(nil, "verify", "verify", false)
+	if _, err := deliveryCounter(probe); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := takenOverFlag(probe); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -62,4 +67,33 @@ func deliveryCounter(cl *mqtt.Client) (*uint32, error) {
 		return nil, errors.New("mochi client state has no packetID counter")
 	}
 	return (*uint32)(unsafe.Pointer(f.UnsafeAddr())), nil
+}
+
+// MarkTakenOver tells mochi that cl's client id belongs to a newer
+// connection, so the end of cl's session leaves that connection's
+// subscriptions and registration alone. mochi removes a clean session by
+// its client id after its read loop ends unless it was taken over, and it
+// marks the takeover only after the newer connection is on its way: a
+// clean session ending just then removed the newcomer's subscriptions and
+// its entry in the client list (its messages were lost).
+func MarkTakenOver(cl *mqtt.Client) {
+	if f, err := takenOverFlag(cl); err == nil {
+		f.Store(true)
+	}
+}
+
+func takenOverFlag(cl *mqtt.Client) (*atomic.Bool, error) {
+	f := reflect.ValueOf(&cl.State).Elem().FieldByName("isTakenOver")
+	if !f.IsValid() || f.Type() != reflect.TypeOf(atomic.Bool{}) {
+		return nil, errors.New("mochi client state has no isTakenOver flag")
+	}
+	return (*atomic.Bool)(unsafe.Pointer(f.UnsafeAddr())), nil
+}
+
+// Persistent is mochi's rule for a session that outlives its connection.
+func Persistent(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
 }

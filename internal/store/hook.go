@@ -173,13 +173,8 @@ func (h *Hook) OnRetainedExpired(topic string) {
 	_ = h.st().saveRetained(topic, nil, false)
 }
 
-// persistent mirrors mochi's rule for a session that outlives its connection.
-func persistent(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval > 0
-	}
-	return !cl.Properties.Clean
-}
+// persistent is mochi's rule for a session that outlives its connection.
+func persistent(cl *mqtt.Client) bool { return mochi.Persistent(cl) }
 
 // current reports whether cl still owns its client id: events from a
 // session that was taken over must not touch the new owner's records.
