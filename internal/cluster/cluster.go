@@ -270,7 +270,12 @@ func (b *Backplane) setup(ctx context.Context) error {
 	if err := b.setupNodes(ctx); err != nil {
 		return fmt.Errorf("cluster: nodes bucket: %w", err)
 	}
-	w, err := b.kv.WatchAll(b.ctx, jetstream.IncludeHistory())
+	var w jetstream.KeyWatcher
+	err = retry(ctx, func() error {
+		var err error
+		w, err = b.kv.WatchAll(b.ctx, jetstream.IncludeHistory())
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("cluster: watch retained: %w", err)
 	}

@@ -168,11 +168,22 @@ func (b *Backplane) setupNodes(ctx context.Context) error {
 		return err
 	}
 	key := Key(b.o.Node)
-	if e, err := b.nodes.Get(ctx, key); err == nil {
-		if ns, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
-			b.lastAlive = time.Unix(0, ns)
+	// A bucket just created may have no leader yet ("no responders"):
+	// retry like its creation.
+	err = retry(ctx, func() error {
+		e, err := b.nodes.Get(ctx, key)
+		switch {
+		case err == nil:
+			if ns, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
+				b.lastAlive = time.Unix(0, ns)
+			}
+			return nil
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil
 		}
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	b.alive(ctx)
