@@ -192,21 +192,6 @@ func TestLoad(t *testing.T) {
 	}
 }
 
-// The copy in testdata must stay the file behind mosquitto.md §3 table C.
-func TestSemanticsFileIsReference(t *testing.T) {
-	ref, err := os.ReadFile("../../../shared/testdata/mosquitto/acl-semantics.acl")
-	if err != nil {
-		t.Skipf("reference copy not present: %v", err)
-	}
-	local, err := os.ReadFile("testdata/acl-semantics.acl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(ref) != string(local) {
-		t.Error("testdata/acl-semantics.acl differs from the reference vector")
-	}
-}
-
 func FuzzParse(f *testing.F) {
 	seeds := []string{
 		"", "topic read a/#\n", "user alice\ntopic deny a\npattern readwrite %u/#\n",
