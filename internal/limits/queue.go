@@ -23,6 +23,9 @@ type Queues struct {
 	mu      sync.Mutex
 	clients map[string]*queued // by client id
 	users   map[string]int     // messages queued for a user's sessions
+	// index holds the ids in clients: the acks of clients with nothing
+	// counted (the common case) are told apart without the lock.
+	index sync.Map
 }
 
 type queued struct {
@@ -77,10 +80,11 @@ func (q *Queues) MayQueue(cl *mqtt.Client) bool {
 	return true
 }
 
-// OnQosPublish counts a delivery queued or in flight (a record replacing
-// one with the same packet id replaces its size).
+// OnQosPublish counts a delivery queued for an offline session (a record
+// replacing one with the same packet id replaces its size). Deliveries to
+// connected clients, bounded by their receive maximum, cost no lock.
 func (q *Queues) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
-	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
+	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish || !cl.Closed() {
 		return
 	}
 	size := int64(len(pk.TopicName) + len(pk.Payload))
@@ -90,6 +94,7 @@ func (q *Queues) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int
 	if c == nil {
 		c = &queued{user: string(cl.Properties.Username), sizes: map[uint16]int64{}}
 		q.clients[cl.ID] = c
+		q.index.Store(cl.ID, struct{}{})
 	}
 	if old, ok := c.sizes[pk.PacketID]; ok {
 		c.bytes -= old
@@ -107,6 +112,9 @@ func (q *Queues) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { q.forget(cl
 func (q *Queues) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { q.forget(cl.ID, pk.PacketID) }
 
 func (q *Queues) forget(id string, pid uint16) {
+	if _, ok := q.index.Load(id); !ok {
+		return
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	c := q.clients[id]
@@ -122,6 +130,7 @@ func (q *Queues) forget(id string, pid uint16) {
 	}
 	if len(c.sizes) == 0 {
 		delete(q.clients, id)
+		q.index.Delete(id)
 	}
 }
 
@@ -130,6 +139,9 @@ func (q *Queues) forget(id string, pid uint16) {
 // another owner, passed no QoS hook.
 func (q *Queues) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	msgs := cl.State.Inflight.GetAll(false)
+	if _, counted := q.index.Load(cl.ID); !counted && len(msgs) == 0 {
+		return // a fresh session: nothing to recount
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if c := q.clients[cl.ID]; c != nil {
@@ -137,6 +149,7 @@ func (q *Queues) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 			delete(q.users, c.user)
 		}
 		delete(q.clients, cl.ID)
+		q.index.Delete(cl.ID)
 	}
 	c := &queued{user: string(cl.Properties.Username), sizes: map[uint16]int64{}}
 	for _, m := range msgs {
@@ -148,6 +161,7 @@ func (q *Queues) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	if len(c.sizes) > 0 {
 		q.clients[cl.ID] = c
+		q.index.Store(cl.ID, struct{}{})
 		q.users[c.user] += len(c.sizes)
 	}
 }
